@@ -1,0 +1,39 @@
+# The two commands from the README: `make demo` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha1sum | cut -c1-12)
+export ZENML_ANALYTICS_OPT_IN := false
+export ZENML_CAPTURE_PRINTS := false
+export ZENML_LOGGING_VERBOSITY := WARN
+
+.PHONY: setup demo test bench up down status logs lock clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	./scripts/setup.sh
+	touch $@
+
+demo: setup
+	$(PY) -m emulators demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench.training
+	$(PY) -m bench.decisions
+	$(PY) -m bench.forecast
+
+up: setup
+	$(PY) -m emulators up
+down:
+	$(PY) -m emulators down
+status:
+	$(PY) -m emulators status
+logs:
+	$(PY) -m emulators logs
+
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock

@@ -1,0 +1,1 @@
+"""The local cloud: real Google emulators, MLflow and the functions, wired as on GCP."""

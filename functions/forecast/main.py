@@ -1,0 +1,7 @@
+"""Cloud Function `forecast` (HTTP)."""
+import functions_framework
+
+
+@functions_framework.http
+def forecast(request):
+    return {"status": "ok"}

@@ -1,0 +1,130 @@
+"""One typed configuration for every process: profile defaults, then environment overrides.
+
+Environment variables use the prefix ``BOOKCAST_`` and ``__`` for nesting, for example
+``BOOKCAST_GATES__MAX_MAPE=0.4`` or ``BOOKCAST_TRAINING__TRIALS=50``. The emulator hosts
+keep Google's own names (PUBSUB_EMULATOR_HOST, ...) because the client libraries read them.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Profile = Literal["development", "test", "production"]
+
+
+class TrainingSettings(BaseModel):
+    holdout_weeks: int = Field(26, ge=4, le=104)
+    trials: int = Field(12, ge=1)
+    min_history_weeks: int = Field(30, ge=8)
+    max_fourier_pairs: int = Field(6, ge=1, le=20)
+    seed: int = 42
+    workers: int = Field(0, ge=0, description="processes for per-ISBN training; 0 = all cores")
+    lease_ttl_seconds: int = Field(1800, ge=10)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+
+class GateSettings(BaseModel):
+    max_rmse: float = 100.0
+    max_mape: float = 0.50
+    max_relative_mase: float = Field(1.0, description="model MAE / seasonal-naive MAE on the holdout")
+    champion_margin: float = Field(0.05, description="allowed worsening against the champion")
+
+
+class DecisionSettings(BaseModel):
+    max_model_age_days: int = 35
+    degradation_threshold: float = Field(0.25, description="relative error increase on unseen weeks")
+    min_new_weeks_for_degradation: int = 4
+
+
+class ServingSettings(BaseModel):
+    alias: str = "champion"
+    alias_ttl_seconds: float = 10.0
+    max_horizon: int = 104
+    max_isbns_per_request: int = 50
+
+
+class VertexSettings(BaseModel):
+    project: str = "bookcast-prod"
+    region: str = "europe-west1"
+    service_account: str = "bookcast-training@bookcast-prod.iam.gserviceaccount.com"
+    machine_type: str = "n2-standard-8"
+    image: str = "europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:latest"
+    staging_bucket: str = "gs://bookcast-prod-vertex-staging"
+    dry_run: bool = True
+
+
+class AlertSettings(BaseModel):
+    slack_webhook_url: str | None = None
+    email_to: list[str] = []
+    smtp_host: str | None = None
+    dedup_window_minutes: int = 240
+
+
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "development": {"training": {"trials": 12}},
+    "test": {"training": {"trials": 4, "holdout_weeks": 26, "workers": 2}},
+    "production": {
+        "training": {"trials": 60},
+        "gates": {"max_rmse": 80.0, "max_mape": 0.30},
+        "launcher": "vertex",
+        "vertex": {"dry_run": False},
+    },
+}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOOKCAST_", env_nested_delimiter="__", extra="ignore")
+
+    profile: Profile = "development"
+    project_id: str = "bookcast-local"
+    region: str = "europe-west1"
+    data_bucket: str = "bookcast-uploads"
+    upload_prefix: str = "sales/"
+    collection_prefix: str = Field("", description="isolates Firestore collections (tests, tenants)")
+    mlflow_tracking_uri: str = "http://127.0.0.1:5055"
+    model_name_prefix: str = "bookcast-"
+    state_dir: str = ".state"
+    launcher: Literal["local", "vertex"] = "local"
+    code_version: str = "dev"
+
+    training: TrainingSettings = TrainingSettings()
+    gates: GateSettings = GateSettings()
+    decision: DecisionSettings = DecisionSettings()
+    serving: ServingSettings = ServingSettings()
+    vertex: VertexSettings = VertexSettings()
+    alerts: AlertSettings = AlertSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Profile defaults arrive as init kwargs; the environment must still win over them.
+        return env_settings, init_settings
+
+    def model_name(self, isbn: str) -> str:
+        return f"{self.model_name_prefix}{isbn}"
+
+    def collection(self, name: str) -> str:
+        return f"{self.collection_prefix}{name}"
+
+
+def load_settings(profile: str | None = None) -> Settings:
+    chosen = profile or os.environ.get("BOOKCAST_PROFILE", "development")
+    if chosen not in PROFILE_DEFAULTS:
+        raise ValueError(f"unknown profile {chosen!r}; choose one of {sorted(PROFILE_DEFAULTS)}")
+    return Settings(profile=chosen, **PROFILE_DEFAULTS[chosen])
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings, read once (functions read them at cold start)."""
+    return load_settings()

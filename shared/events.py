@@ -1,0 +1,163 @@
+"""Typed, versioned schemas for every message on every topic, and their transport.
+
+Every message we publish carries attributes ``event_type``, ``schema_version`` and
+``correlation_id``; the attributes let a consumer route without decoding, and their
+presence keeps functions-framework's push conversion happy (it reads
+``message.attributes`` without a default). GCS notifications are Google's format, not ours:
+they are modelled as they arrive.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import date, datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA_VERSION = "1"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: str = SCHEMA_VERSION
+    correlation_id: str
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class ScheduleTick(Event):
+    """What the Cloud Scheduler jobs publish (the payload is static; the tick time is
+    the message's publishTime)."""
+    event_type: Literal["schedule.tick"] = "schedule.tick"
+    job: str
+    correlation_id: str = "scheduler"
+
+
+class TrainingRequest(Event):
+    event_type: Literal["training.requested"] = "training.requested"
+    isbns: list[str] = []
+    force: bool = False
+    reason: str = "manual request"
+    requested_by: str = "unknown"
+
+
+class IsbnResult(BaseModel):
+    isbn: str
+    status: Literal["promoted", "quarantined", "baseline", "refused", "failed"]
+    version: str | None = None
+    reason: str = ""
+    metrics: dict[str, float] = {}
+
+
+class TrainingEvent(Event):
+    event_type: Literal["training.status"] = "training.status"
+    run_id: str
+    status: Literal["queued", "started", "succeeded", "failed", "quarantined"]
+    isbns: list[str]
+    launcher: str = "local"
+    reason: str = ""
+    results: list[IsbnResult] = []
+
+
+class ModelChange(Event):
+    event_type: Literal["model.changed"] = "model.changed"
+    isbn: str
+    model_name: str
+    alias: str
+    action: Literal["promote", "rollback", "baseline"]
+    from_version: str | None
+    to_version: str
+    reason: str = ""
+
+
+class RejectedInput(Event):
+    event_type: Literal["input.rejected"] = "input.rejected"
+    bucket: str
+    object_name: str
+    generation: str
+    reasons: list[str]
+
+
+OurEvent = Annotated[
+    Union[ScheduleTick, TrainingRequest, TrainingEvent, ModelChange, RejectedInput],
+    Field(discriminator="event_type"),
+]
+_OUR_EVENT = TypeAdapter(OurEvent)
+
+
+class GcsObject(BaseModel):
+    """The JSON_API_V1 object resource of a GCS notification (sizes arrive as strings)."""
+    model_config = ConfigDict(extra="allow")
+    bucket: str
+    name: str
+    generation: str
+    size: int = 0
+    md5Hash: str | None = None
+    contentType: str | None = None
+    metadata: dict[str, str] = {}
+
+    @property
+    def upload_key(self) -> str:
+        """The idempotency key of an upload: one (bucket, object, generation) is one upload."""
+        return hashlib.sha256(f"{self.bucket}/{self.name}#{self.generation}".encode()).hexdigest()[:32]
+
+    @property
+    def correlation_id(self) -> str:
+        # An uploader may tag the object; otherwise the upload key traces it.
+        return self.metadata.get("correlation_id") or f"upload-{self.upload_key[:16]}"
+
+
+class PubSubMessage(BaseModel):
+    """A Pub/Sub message as it reaches a function (push or Eventarc)."""
+    message_id: str
+    publish_time: datetime
+    attributes: dict[str, str]
+    data: bytes
+    subscription: str | None = None
+    topic: str | None = None
+
+    @classmethod
+    def from_cloud_event(cls, cloud_event: Any) -> "PubSubMessage":
+        body = cloud_event.data
+        message = body["message"]
+        source = cloud_event["source"] if "source" in cloud_event else ""
+        return cls(
+            message_id=str(message.get("messageId") or message.get("message_id")),
+            publish_time=message.get("publishTime") or message.get("publish_time") or utcnow(),
+            attributes=message.get("attributes") or {},
+            data=base64.b64decode(message.get("data") or b""),
+            subscription=body.get("subscription"),
+            topic=source.rsplit("/topics/", 1)[-1] if "/topics/" in source else None,
+        )
+
+    def json(self) -> Any:  # type: ignore[override]
+        return json.loads(self.data or b"null")
+
+    @property
+    def is_gcs_notification(self) -> bool:
+        return self.attributes.get("payloadFormat") == "JSON_API_V1" and "objectId" in self.attributes
+
+    def gcs_object(self) -> GcsObject:
+        return GcsObject.model_validate(self.json())
+
+    def event(self) -> Event:
+        return _OUR_EVENT.validate_python(self.json())
+
+
+def encode(event: Event) -> tuple[bytes, dict[str, str]]:
+    attributes = {
+        "event_type": event.event_type,  # type: ignore[attr-defined]
+        "schema_version": event.schema_version,
+        "correlation_id": event.correlation_id,
+    }
+    return event.model_dump_json().encode(), attributes
+
+
+def week_start(day: date) -> date:
+    """Weeks start on Monday everywhere in bookcast."""
+    return date.fromordinal(day.toordinal() - day.weekday())

@@ -1,0 +1,91 @@
+"""The event wiring, read from deploy/topology.yaml by both the local cloud and the deploy."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+TOPOLOGY_FILE = Path(__file__).resolve().parent.parent / "deploy" / "topology.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Notification(Strict):
+    topic: str
+    event_types: list[str] = ["OBJECT_FINALIZE"]
+    object_prefix: str = ""
+
+
+class Bucket(Strict):
+    name: str
+    notifications: list[Notification] = []
+
+
+class Topic(Strict):
+    name: str
+    purpose: str = ""
+
+
+class Function(Strict):
+    name: str
+    source: str
+    entry_point: str
+    kind: Literal["event", "http"]
+    memory: str = "512Mi"
+    timeout_seconds: int = 60
+
+
+class Defaults(Strict):
+    ack_deadline_seconds: int = 60
+    max_delivery_attempts: int = 5
+    dead_letter_topic: str = "dead-letters"
+    min_backoff_seconds: int = 10
+    max_backoff_seconds: int = 600
+
+
+class Subscription(Strict):
+    name: str
+    topic: str
+    function: str
+    dead_letter: bool = True
+
+
+class SchedulerJob(Strict):
+    name: str
+    schedule: str
+    time_zone: str = "Etc/UTC"
+    topic: str
+    data: dict[str, Any]
+    attributes: dict[str, str]
+
+
+class Topology(Strict):
+    buckets: list[Bucket]
+    topics: list[Topic]
+    functions: list[Function]
+    subscriptions: list[Subscription]
+    defaults: Defaults
+    scheduler_jobs: list[SchedulerJob]
+
+    def function(self, name: str) -> Function:
+        return next(f for f in self.functions if f.name == name)
+
+    def model_post_init(self, _: Any) -> None:
+        topics = {t.name for t in self.topics}
+        functions = {f.name for f in self.functions}
+        wanted = [s.topic for s in self.subscriptions] + [j.topic for j in self.scheduler_jobs]
+        wanted += [n.topic for b in self.buckets for n in b.notifications] + [self.defaults.dead_letter_topic]
+        unknown = sorted(set(wanted) - topics)
+        if unknown:
+            raise ValueError(f"topology refers to undeclared topics: {unknown}")
+        missing = sorted({s.function for s in self.subscriptions} - functions)
+        if missing:
+            raise ValueError(f"topology refers to undeclared functions: {missing}")
+
+
+def load(path: Path = TOPOLOGY_FILE) -> Topology:
+    return Topology.model_validate(yaml.safe_load(path.read_text()))
