@@ -161,3 +161,15 @@ def encode(event: Event) -> tuple[bytes, dict[str, str]]:
 def week_start(day: date) -> date:
     """Weeks start on Monday everywhere in bookcast."""
     return date.fromordinal(day.toordinal() - day.weekday())
+
+
+def receive(cloud_event: Any, logger: Any) -> PubSubMessage:
+    """Decode a Pub/Sub CloudEvent and log its arrival: the first line of every trace."""
+    message = PubSubMessage.from_cloud_event(cloud_event)
+    cid = message.attributes.get("correlation_id")
+    if cid is None and message.is_gcs_notification:
+        cid = message.gcs_object().correlation_id
+    logger.info("received %s on %s", message.attributes.get("event_type") or message.attributes.get("eventType", "message"),
+                message.topic, extra={"topic": message.topic, "message_id": message.message_id,
+                                      "attributes": message.attributes, "correlation_id": cid})
+    return message

@@ -1,0 +1,61 @@
+"""Session fixtures: the real emulators (and MLflow) start once; every test gets its own
+project id, which isolates Pub/Sub topics and Firestore data without wiping anything."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from emulators.processes import stop
+from emulators.stack import Ports, Stack
+from shared.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory) -> Stack:
+    stack = Stack(tmp_path_factory.mktemp("cloud"), project="bookcast-test", ports=Ports.free(), profile="test")
+    started = []
+    try:
+        started.append(stack.start_pubsub())
+        started.append(stack.start_firestore())
+        os.environ.update(stack.client_env())
+        yield stack
+    finally:
+        for proc in started:
+            stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(cloud: Stack) -> str:
+    proc = cloud.start_mlflow()
+    yield f"http://127.0.0.1:{cloud.ports.mlflow}"
+    stop(proc)
+
+
+@pytest.fixture
+def project(cloud: Stack) -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def cfg(project: str, cloud: Stack, tmp_path: Path) -> Settings:
+    return load_settings("test").model_copy(update={
+        "project_id": project,
+        "mlflow_tracking_uri": f"http://127.0.0.1:{cloud.ports.mlflow}",
+        "model_name_prefix": f"{project}-",
+        "state_dir": str(tmp_path),
+    })
+
+
+@pytest.fixture
+def project_gcs(cloud: Stack, project: str, monkeypatch) -> str:
+    """A fake-gcs-server of this test's own, publishing notifications into its project."""
+    from emulators.processes import free_port
+
+    port = free_port()
+    proc = cloud.start_gcs(project=project, name=f"gcs-{project}", port=port, backend="memory")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)

@@ -1,0 +1,84 @@
+"""The local cloud is wired as in GCP: a GCS upload reaches trigger-training as a
+CloudEvent carrying the genuine notification attributes."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from google.cloud import pubsub_v1
+
+from emulators.processes import StartupError, free_port, port_free, stop, spawn
+from emulators.stack import Ports
+from emulators.wiring import wire
+from shared.gcs import storage_client
+
+
+def wait_for_log(path: str, predicate, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as log:
+            for line in log:
+                if line.startswith("{"):
+                    entry = json.loads(line)
+                    if predicate(entry):
+                        return entry
+        time.sleep(0.2)
+    raise AssertionError(f"no matching log entry in {path} within {timeout}s")
+
+
+def test_upload_reaches_trigger_training_as_cloud_event(cloud, project, project_gcs):
+    function_ports = Ports.free().functions
+    function = cloud.start_function("trigger-training", project=project, port=function_ports["trigger-training"])
+    try:
+        wire(cloud.topology, project, cloud.ports, function_ports=function_ports)
+        blob = storage_client(project).bucket("bookcast-uploads").blob("sales/2026-w47.csv")
+        blob.metadata = {"correlation_id": f"cid-{project}"}
+        blob.upload_from_string("isbn,week,units\n9780306406157,2026-11-16,12\n", content_type="text/csv")
+
+        entry = wait_for_log(function.log, lambda e: e.get("correlation_id") == f"cid-{project}")
+        attributes = entry["attributes"]
+        assert entry["topic"] == "sales-uploads"
+        assert attributes["eventType"] == "OBJECT_FINALIZE"
+        assert attributes["bucketId"] == "bookcast-uploads"
+        assert attributes["objectId"] == "sales/2026-w47.csv"
+        assert attributes["objectGeneration"] == str(blob.generation)
+        assert attributes["payloadFormat"] == "JSON_API_V1"
+    finally:
+        stop(function)
+
+
+def test_objects_outside_the_prefix_send_no_notification(cloud, project, project_gcs):
+    subscriber = pubsub_v1.SubscriberClient()
+    wire(cloud.topology, project, cloud.ports, buckets=False)
+    sub = subscriber.subscription_path(project, "probe")
+    subscriber.create_subscription(name=sub, topic=f"projects/{project}/topics/sales-uploads")
+    client = storage_client(project)
+    client.create_bucket("bookcast-uploads")
+    client.bucket("bookcast-uploads").blob("notes/readme.txt").upload_from_string("hello")
+    client.bucket("bookcast-uploads").blob("sales/a.csv").upload_from_string("isbn,week,units\n")
+    received = subscriber.pull(subscription=sub, max_messages=10, timeout=10).received_messages
+    assert [m.message.attributes["objectId"] for m in received] == ["sales/a.csv"]
+
+
+def test_taken_port_is_a_clear_error(cloud, tmp_path):
+    with pytest.raises(StartupError, match=f"port {cloud.ports.pubsub} is already in use"):
+        spawn("pubsub", ["sleep", "1"], cloud.ports.pubsub, tmp_path)
+
+
+def test_crashing_component_ends_start_up_with_its_log(cloud, tmp_path):
+    from emulators.processes import wait_healthy
+
+    proc = spawn("crasher", ["sh", "-c", "echo boom: bad flag; exit 3"], free_port(), tmp_path)
+    with pytest.raises(StartupError, match="exited during start-up(.|\n)*boom: bad flag"):
+        wait_healthy(proc, lambda: False, timeout=10)
+
+
+def test_down_stops_the_java_emulator_behind_gcloud(cloud, tmp_path):
+    from emulators.stack import Stack
+
+    stack = Stack(tmp_path, project="downcheck", ports=Ports.free())
+    proc = stack.start_pubsub()
+    assert not port_free(stack.ports.pubsub)
+    stop(proc)
+    assert port_free(stack.ports.pubsub), "the Java Pub/Sub server outlived `down`"
