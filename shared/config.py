@@ -20,7 +20,7 @@ class TrainingSettings(BaseModel):
     holdout_weeks: int = Field(26, ge=4, le=104)
     trials: int = Field(12, ge=1)
     min_history_weeks: int = Field(30, ge=8)
-    max_fourier_pairs: int = Field(6, ge=1, le=20)
+    max_fourier_pairs: int = Field(8, ge=1, le=20)
     seed: int = 42
     workers: int = Field(0, ge=0, description="processes for per-ISBN training; 0 = all cores")
     lease_ttl_seconds: int = Field(1800, ge=10)

@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -41,14 +42,20 @@ class CloudLoggingFormatter(logging.Formatter):
 
 def configure(level: str = "INFO") -> None:
     """Idempotent: functions call it at import, workers at start."""
+    # Libraries that print or configure their own handlers would break one-JSON-object-per-line.
+    for key, value in (("MLFLOW_CONFIGURE_LOGGING", "false"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
+                       ("ZENML_LOGGING_VERBOSITY", "WARN"), ("ZENML_ENABLE_RICH_TRACEBACK", "false"),
+                       ("ZENML_ANALYTICS_OPT_IN", "false"), ("ZENML_CAPTURE_PRINTS", "false")):
+        os.environ.setdefault(key, value)
     root = logging.getLogger()
     if any(isinstance(h.formatter, CloudLoggingFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(CloudLoggingFormatter())
+    handler.setLevel(level)  # ZenML names some loggers by file path: filter at the handler
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("urllib3", "google", "grpc", "mlflow", "alembic", "optuna", "zenml", "werkzeug", "matplotlib"):
+    for noisy in ("urllib3", "google", "grpc", "mlflow", "alembic", "optuna", "zenml", "werkzeug", "matplotlib", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

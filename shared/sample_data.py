@@ -29,7 +29,7 @@ class BookProfile:
 
 
 def _week_of_year_effect(weeks: pd.DatetimeIndex, christmas: float) -> np.ndarray:
-    day = weeks.dayofyear.to_numpy()
+    day = weeks.day_of_year.to_numpy()
     xmas = np.exp(-0.5 * ((day - 352) / 12.0) ** 2) + np.exp(-0.5 * ((day + 365 - 352) / 12.0) ** 2)
     summer = 0.15 * np.exp(-0.5 * ((day - 200) / 20.0) ** 2)
     return 1.0 + christmas * xmas + summer

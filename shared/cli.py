@@ -1,0 +1,192 @@
+"""`bookcast`: train, inspect runs and decisions, upload sales, make sample data."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.config import load_settings
+from shared.logs import configure
+
+console = Console(stderr=False)
+
+
+def _store(cfg):
+    from shared.runstore import RunStore
+
+    return RunStore(cfg)
+
+
+def cmd_train(args, cfg) -> int:
+    from shared.launch import launcher_for, training_request
+    from shared.training.worker import execute
+
+    store = _store(cfg)
+    if args.file:
+        sources = [str(Path(f).resolve()) for f in args.file]
+        isbns = args.isbn or []
+    else:
+        series = store.all_series()
+        isbns = args.isbn or sorted(series)
+        unknown = [i for i in isbns if i not in series]
+        if unknown or not isbns:
+            console.print(f"[red]no uploaded data for {unknown or 'any ISBN'}[/]: upload first or pass --file")
+            return 2
+        sources = sorted({s for i in isbns for s in series[i]["sources"]})
+    correlation_id = f"cli-{uuid.uuid4().hex[:12]}"
+    cause = {"kind": "forced", "key": correlation_id, "forced": True, "by": "bookcast train"}
+    launcher = args.launcher or "local"
+    run_id = store.create_run(isbns, cause, correlation_id, launcher)
+    request = training_request(cfg, run_id, isbns, sources, correlation_id, cause, launcher)
+    if launcher == "vertex":
+        info = launcher_for(cfg, "vertex").launch(request)
+        store.update_run(run_id, launch=info.detail | {"handle": info.handle})
+        console.print_json(json.dumps(info.detail))
+        return 0
+    console.print(f"run [bold]{run_id}[/] (correlation id {correlation_id})")
+    summary = execute(request)
+    _results_table(summary["results"])
+    console.print(f"run {run_id}: [bold]{summary['status']}[/]")
+    return 0 if summary["status"] != "failed" else 1
+
+
+def _results_table(results: list[dict]) -> None:
+    table = Table(title="results")
+    table.add_column("isbn", no_wrap=True)
+    for column in ("status", "version", "RMSE", "MAPE", "MASE", "vs naive", "reason"):
+        table.add_column(column, overflow="fold")
+    colours = {"promoted": "green", "baseline": "yellow", "quarantined": "magenta", "failed": "red", "refused": "red"}
+    for r in results:
+        m = r.get("metrics") or {}
+        fmt = lambda k, f: f.format(m[k]) if k in m else "-"  # noqa: E731
+        table.add_row(r["isbn"], f"[{colours.get(r['status'], 'white')}]{r['status']}[/]", r.get("version") or "-",
+                      fmt("rmse", "{:.1f}"), fmt("mape", "{:.1%}"), fmt("mase", "{:.2f}"), fmt("relative_mase", "{:.2f}"),
+                      r.get("reason", "")[:120])
+    console.print(table)
+
+
+def cmd_runs(args, cfg) -> int:
+    runs = _store(cfg).runs(limit=args.limit, status=args.status)
+    table = Table(title=f"training runs ({cfg.project_id})")
+    for column in ("run", "status", "created", "isbns", "cause", "launcher", "versions"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        versions = run.get("mlflow_versions") or {}
+        table.add_row(run["run_id"], run["status"], f"{run['created_at']:%Y-%m-%d %H:%M:%S}",
+                      f"{len(run['isbns'])}: " + ", ".join(run["isbns"][:3]) + ("…" if len(run["isbns"]) > 3 else ""),
+                      run.get("cause", {}).get("kind", "?"), run.get("launcher", ""),
+                      ", ".join(f"{i[-4:]}:v{v}" for i, v in list(versions.items())[:4]))
+    console.print(table)
+    return 0
+
+
+def cmd_run(args, cfg) -> int:
+    run = _store(cfg).run(args.run_id)
+    if not run:
+        console.print(f"[red]no run {args.run_id}[/]")
+        return 1
+    console.print_json(json.dumps(run, default=str))
+    if run.get("results"):
+        _results_table(list(run["results"].values()))
+    return 0
+
+
+def cmd_decisions(args, cfg) -> int:
+    decisions = _store(cfg).decisions(limit=args.limit, isbn=args.isbn)
+    table = Table(title="training decisions")
+    for column in ("decided", "isbn", "action", "reasons", "cause", "run"):
+        table.add_column(column, overflow="fold")
+    for d in decisions:
+        table.add_row(f"{d['decided_at']:%Y-%m-%d %H:%M:%S}", d["isbn"],
+                      "[green]train[/]" if d["action"] == "train" else "[dim]skip[/]",
+                      "; ".join(d["reasons"]), d["cause"].get("kind", "?"), d.get("run_id") or "-")
+    console.print(table)
+    return 0
+
+
+def cmd_upload(args, cfg) -> int:
+    from shared.gcs import storage_client
+
+    path = Path(args.file)
+    name = f"{cfg.upload_prefix}{args.name or path.name}"
+    blob = storage_client(cfg.project_id).bucket(args.bucket or cfg.data_bucket).blob(name)
+    correlation_id = args.correlation_id or f"upload-{uuid.uuid4().hex[:12]}"
+    blob.metadata = {"correlation_id": correlation_id}
+    blob.upload_from_filename(str(path), content_type="text/csv" if path.suffix == ".csv" else None)
+    console.print(f"uploaded gs://{blob.bucket.name}/{name} generation {blob.generation} "
+                  f"(correlation id {correlation_id})")
+    return 0
+
+
+def cmd_sample(args, cfg) -> int:
+    from shared.sales import to_csv
+    from shared.sample_data import generate
+
+    frame = generate(args.isbns, args.years, seed=args.seed)
+    Path(args.out).write_bytes(to_csv(frame))
+    console.print(f"wrote {len(frame)} rows for {frame['isbn'].nunique()} ISBNs to {args.out}")
+    return 0
+
+
+def cmd_aliases(args, cfg) -> int:
+    table = Table(title=f"alias history of {args.isbn}")
+    for column in ("at", "alias", "from", "to", "action", "actor", "reason"):
+        table.add_column(column, overflow="fold")
+    for move in _store(cfg).alias_history(args.isbn):
+        table.add_row(f"{move['at']:%Y-%m-%d %H:%M:%S}", move["alias"], str(move["from_version"]), move["to_version"],
+                      move["action"], move["actor"], move["reason"])
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bookcast", description=__doc__)
+    parser.add_argument("--profile", help="development | test | production (default: BOOKCAST_PROFILE)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train ISBNs now (forced), from uploads or local files")
+    train.add_argument("--file", action="append", help="local CSV/Parquet (repeatable); default: uploaded data")
+    train.add_argument("--isbn", action="append", help="restrict to these ISBNs (repeatable)")
+    train.add_argument("--launcher", choices=["local", "vertex"], help="vertex: submit (or dry-run) a CustomJob")
+    train.set_defaults(handler=cmd_train)
+    runs = sub.add_parser("runs", help="list training runs")
+    runs.add_argument("--status")
+    runs.add_argument("--limit", type=int, default=30)
+    runs.set_defaults(handler=cmd_runs)
+    run = sub.add_parser("run", help="show one run")
+    run.add_argument("run_id")
+    run.set_defaults(handler=cmd_run)
+    decisions = sub.add_parser("decisions", help="list training decisions")
+    decisions.add_argument("--isbn")
+    decisions.add_argument("--limit", type=int, default=50)
+    decisions.set_defaults(handler=cmd_decisions)
+    upload = sub.add_parser("upload", help="upload a sales file to the bucket (triggers the pipeline)")
+    upload.add_argument("file")
+    upload.add_argument("--name", help="object name under the upload prefix (default: file name)")
+    upload.add_argument("--bucket")
+    upload.add_argument("--correlation-id")
+    upload.set_defaults(handler=cmd_upload)
+    sample = sub.add_parser("sample", help="generate realistic weekly sales")
+    sample.add_argument("--isbns", type=int, default=12)
+    sample.add_argument("--years", type=float, default=4)
+    sample.add_argument("--seed", type=int, default=7)
+    sample.add_argument("--out", default="sample_sales.csv")
+    sample.set_defaults(handler=cmd_sample)
+    aliases = sub.add_parser("aliases", help="alias history of one ISBN")
+    aliases.add_argument("isbn")
+    aliases.set_defaults(handler=cmd_aliases)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases") else "INFO")
+    return args.handler(args, load_settings(args.profile))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

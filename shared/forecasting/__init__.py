@@ -1,0 +1,1 @@
+"""Per-ISBN weekly forecasting: models, metrics, tuning, and the serving artifact."""

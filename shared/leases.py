@@ -1,0 +1,75 @@
+"""One training per ISBN at a time: a lease document per ISBN in Firestore.
+
+A cause that arrives while its ISBN is leased is queued on the lease as a follow-up, and
+when the run ends, the follow-ups become one new training request. A lease outlives its
+run only if the job died; then it expires after its TTL, the run is marked failed, and it
+is retried once.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from shared.logs import get_logger
+from shared.runstore import RunStore, expires, now
+
+log = get_logger(__name__)
+COLLECTION = "leases"
+
+
+def acquire(store: RunStore, transaction, isbns: list[str], run_id: str, ttl_seconds: int,
+            cause: dict) -> tuple[list[str], list[str]]:
+    """Inside ``transaction``: lease the free ISBNs for ``run_id``; queue ``cause`` on the busy
+    ones. Returns (leased, busy). Reads all before writing, as Firestore requires."""
+    refs = {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns}
+    snapshots = {isbn: ref.get(transaction=transaction) for isbn, ref in refs.items()}
+    leased, busy = [], []
+    for isbn, snap in snapshots.items():
+        lease = snap.to_dict() if snap.exists else None
+        if lease and lease["expires_at"] > now() and lease["run_id"] != run_id:
+            follow_ups = lease.get("follow_ups", [])
+            if cause.get("key") not in {f.get("key") for f in follow_ups}:
+                transaction.update(refs[isbn], {"follow_ups": follow_ups + [cause]})
+            busy.append(isbn)
+        else:
+            transaction.set(refs[isbn], {"isbn": isbn, "run_id": run_id, "acquired_at": now(),
+                                         "expires_at": expires(ttl_seconds), "follow_ups": []})
+            leased.append(isbn)
+    return leased, busy
+
+
+def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
+    """Free the run's leases; returns the follow-up causes queued on them, per ISBN, and
+    publishes them as one training request so nothing that arrived meanwhile is lost."""
+    from google.cloud import firestore
+
+    follow_ups: dict[str, list[dict]] = {}
+    leases = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id)).stream()
+    for snap in leases:
+        lease = snap.to_dict()
+        if lease.get("follow_ups"):
+            follow_ups[lease["isbn"]] = lease["follow_ups"]
+        snap.reference.delete()
+    if follow_ups:
+        request_follow_up(store, run_id, follow_ups)
+    return follow_ups
+
+
+def request_follow_up(store: RunStore, run_id: str, follow_ups: dict[str, list[dict]]) -> None:
+    from shared.events import TrainingRequest
+    from shared.pubsub import publish
+
+    causes = [c for cs in follow_ups.values() for c in cs]
+    publish(store.cfg, "training-requests", TrainingRequest(
+        correlation_id=causes[0].get("correlation_id", run_id), isbns=sorted(follow_ups),
+        force=any(c.get("forced") for c in causes), requested_by=f"follow-up of {run_id}",
+        reason="causes that arrived during " + run_id + ": " + ", ".join(sorted({c.get("kind", "?") for c in causes}))))
+    log.info("follow-up requested for %s after %s", sorted(follow_ups), run_id)
+
+
+def expired(store: RunStore, at: datetime | None = None) -> list[dict[str, Any]]:
+    from google.cloud import firestore
+
+    at = at or now()
+    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("expires_at", "<", at))
+    return [s.to_dict() for s in query.stream()]

@@ -1,0 +1,128 @@
+"""The durable history in Firestore: runs, decisions, uploads, series sources, leases,
+alias moves and alert state. Nothing here depends on ZenML or MLflow being intact.
+
+Collections (each name carries the configured prefix):
+  runs/{run_id}            status queued → running → succeeded | failed | quarantined
+  decisions/{id}           one per ISBN per cause: train or skip, with every input and reason
+  uploads/{upload_key}     one per (bucket, object, generation): accepted or rejected, why
+  messages/{message_id}    Pub/Sub message ids already handled
+  series/{isbn}            the uploads that make up an ISBN's series, and its content hash
+  leases/{isbn}            the run training an ISBN now, its expiry, and follow-up causes
+  alias_history/{id}       every alias move MLflow does not remember
+  alerts/{key}             when an alert was last sent (deduplication)
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from shared.config import Settings
+
+RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined")
+TERMINAL = ("succeeded", "failed", "quarantined")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RunStore:
+    def __init__(self, cfg: Settings, client=None):
+        from google.cloud import firestore
+
+        self.cfg = cfg
+        self.db = client or firestore.Client(project=cfg.project_id)
+        self._firestore = firestore
+
+    def col(self, name: str):
+        return self.db.collection(self.cfg.collection(name))
+
+    def transaction(self, attempts: int = 20):
+        # The emulator resolves each conflict in ~2 s; the default 5 attempts is too few.
+        return self.db.transaction(max_attempts=attempts)
+
+    # --- runs -------------------------------------------------------------------------------
+    def create_run(self, isbns: list[str], cause: dict, correlation_id: str, launcher: str,
+                   run_id: str | None = None, transaction=None, **fields: Any) -> str:
+        run_id = run_id or f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        doc = {"run_id": run_id, "status": "queued", "isbns": sorted(isbns), "cause": cause,
+               "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
+               "updated_at": now(), "attempt": 1, "results": {}, **fields}
+        ref = self.col("runs").document(run_id)
+        (transaction.create(ref, doc) if transaction else ref.create(doc))
+        return run_id
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        if "status" in fields and fields["status"] not in RUN_STATES:
+            raise ValueError(f"unknown run status {fields['status']!r}")
+        stamp = {"updated_at": now()}
+        if fields.get("status") == "running":
+            stamp["started_at"] = now()
+        if fields.get("status") in TERMINAL:
+            stamp["finished_at"] = now()
+        self.col("runs").document(run_id).update({**fields, **stamp})
+
+    def run(self, run_id: str) -> dict | None:
+        snap = self.col("runs").document(run_id).get()
+        return snap.to_dict() if snap.exists else None
+
+    def runs(self, limit: int = 50, status: str | None = None) -> list[dict]:
+        query = self.col("runs")
+        if status:
+            query = query.where(filter=self._firestore.FieldFilter("status", "==", status))
+        query = query.order_by("created_at", direction=self._firestore.Query.DESCENDING).limit(limit)
+        return [d.to_dict() for d in query.stream()]
+
+    # --- decisions --------------------------------------------------------------------------
+    def record_decision(self, isbn: str, action: str, reasons: list[str], inputs: dict, cause: dict,
+                        correlation_id: str, run_id: str | None = None, transaction=None) -> str:
+        decision_id = f"{cause.get('key', 'manual')}-{isbn}"
+        doc = {"decision_id": decision_id, "isbn": isbn, "action": action, "reasons": reasons,
+               "inputs": inputs, "cause": cause, "correlation_id": correlation_id, "run_id": run_id,
+               "decided_at": now()}
+        ref = self.col("decisions").document(decision_id)
+        (transaction.set(ref, doc) if transaction else ref.set(doc))
+        return decision_id
+
+    def decisions(self, limit: int = 100, isbn: str | None = None) -> list[dict]:
+        query = self.col("decisions")
+        if isbn:
+            query = query.where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
+        docs = [d.to_dict() for d in query.stream()] if isbn else [
+            d.to_dict() for d in query.order_by("decided_at", direction=self._firestore.Query.DESCENDING)
+            .limit(limit).stream()]
+        return sorted(docs, key=lambda d: d["decided_at"], reverse=True)[:limit]
+
+    # --- series -----------------------------------------------------------------------------
+    def series(self, isbn: str) -> dict | None:
+        snap = self.col("series").document(isbn).get()
+        return snap.to_dict() if snap.exists else None
+
+    def all_series(self) -> dict[str, dict]:
+        return {d.id: d.to_dict() for d in self.col("series").stream()}
+
+    # --- alias history ----------------------------------------------------------------------
+    def record_alias_move(self, isbn: str, model_name: str, alias: str, from_version: str | None,
+                          to_version: str, action: str, reason: str, actor: str, correlation_id: str,
+                          **extra: Any) -> None:
+        self.col("alias_history").document().set({
+            "isbn": isbn, "model_name": model_name, "alias": alias, "from_version": from_version,
+            "to_version": to_version, "action": action, "reason": reason, "actor": actor,
+            "correlation_id": correlation_id, "at": now(), **extra})
+
+    def alias_history(self, isbn: str) -> list[dict]:
+        query = self.col("alias_history").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
+        return sorted((d.to_dict() for d in query.stream()), key=lambda d: d["at"])
+
+    # --- generic helpers --------------------------------------------------------------------
+    def get(self, collection: str, key: str) -> dict | None:
+        snap = self.col(collection).document(key).get()
+        return snap.to_dict() if snap.exists else None
+
+    def stream(self, collection: str) -> Iterable[dict]:
+        return (d.to_dict() for d in self.col(collection).stream())
+
+
+def expires(seconds: int) -> datetime:
+    return now() + timedelta(seconds=seconds)

@@ -1,0 +1,257 @@
+"""The training pipeline's steps as plain functions; shared/training/pipeline.py wraps each
+in a ZenML step. Keeping them plain lets the launcher, the CLI and tests call the same code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from datetime import date, datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+
+from shared import sales
+from shared.config import Settings
+from shared.events import IsbnResult, TrainingEvent
+from shared.logs import get_logger
+from shared.forecasting.models import ModelSpec
+from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
+
+log = get_logger(__name__)
+
+
+def settings_of(request: dict) -> Settings:
+    return Settings.model_validate(request["settings"])
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# --- load -----------------------------------------------------------------------------------
+def read_source(cfg: Settings, uri: str) -> tuple[str, bytes]:
+    """``gs://bucket/object#generation`` through google-cloud-storage, or a local path."""
+    if uri.startswith("gs://"):
+        from shared.gcs import storage_client
+
+        path, _, generation = uri[5:].partition("#")
+        bucket, _, name = path.partition("/")
+        blob = storage_client(cfg.project_id).bucket(bucket).blob(name, generation=int(generation) if generation else None)
+        return name, blob.download_as_bytes()
+    return f"{cfg.upload_prefix}{Path(uri).name}", Path(uri).read_bytes()
+
+
+def load_sources(request: dict) -> dict[str, bytes]:
+    cfg = settings_of(request)
+    contents = {}
+    for uri in request["sources"]:
+        contents[uri] = read_source(cfg, uri)[1]
+        log.info("loaded %s (%d bytes)", uri, len(contents[uri]), extra={"run_id": request["run_id"]})
+    return contents
+
+
+# --- validate & preprocess ------------------------------------------------------------------
+def validate(request: dict, contents: dict[str, bytes]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows of every valid source for the requested ISBNs, and per-ISBN refusals."""
+    cfg = settings_of(request)
+    rules = sales.UploadRules(prefix="", max_bytes=cfg.training.max_upload_bytes)
+    frames, problems = [], {}
+    wanted = set(request.get("isbns") or [])
+    for uri, content in contents.items():
+        name = uri.rsplit("/", 1)[-1].split("#")[0]
+        try:
+            frame = sales.parse_upload(name, content, rules)
+        except sales.UploadRejected as rejected:
+            for isbn in wanted:
+                problems.setdefault(isbn, f"source {uri} is invalid: {'; '.join(rejected.reasons[:3])}")
+            continue
+        frame["source"] = uri
+        frames.append(frame)
+    merged = sales.merge(frames)
+    if wanted:
+        merged = merged[merged["isbn"].isin(wanted)]
+        for isbn in wanted - set(merged["isbn"]):
+            problems.setdefault(isbn, "no rows for this ISBN in its sources")
+    for isbn, rows in merged.groupby("isbn"):
+        gaps = sales.missing_weeks(sorted(rows["week"]))
+        if gaps:
+            problems[isbn] = f"series has {len(gaps)} missing week(s) between uploads, first {gaps[0]}"
+    merged = merged[~merged["isbn"].isin(problems)]
+    return merged.reset_index(drop=True), problems
+
+
+def preprocess(valid: pd.DataFrame) -> dict[str, dict]:
+    """One regular weekly series per ISBN, with its content hash and sources."""
+    series = {}
+    for isbn, rows in valid.groupby("isbn"):
+        rows = rows.sort_values("week")
+        index = pd.date_range(rows["week"].iloc[0], rows["week"].iloc[-1], freq="7D")
+        units = rows.set_index(pd.to_datetime(rows["week"]))["units"].reindex(index, fill_value=0)
+        series[isbn] = {"weeks": [d.date().isoformat() for d in index], "units": units.astype(float).tolist(),
+                        "data_hash": sales.series_hash(rows), "sources": sorted(set(rows["source"]))}
+    return series
+
+
+# --- train ----------------------------------------------------------------------------------
+def _train_one(args: tuple) -> Candidate:
+    isbn, weeks, units, training_json, champion_spec = args
+    from shared.config import TrainingSettings
+
+    return train_isbn(isbn, [date.fromisoformat(w) for w in weeks], units,
+                      TrainingSettings.model_validate_json(training_json), champion_spec)
+
+
+def champion_specs(cfg: Settings, isbns: list[str]) -> dict[str, dict | None]:
+    from shared import registry
+
+    specs = {}
+    for isbn in isbns:
+        version = registry.version_by_alias(cfg, isbn)
+        specs[isbn] = registry.version_spec(version)
+    return specs
+
+
+def train_all(request: dict, series: dict[str, dict]) -> list[dict]:
+    """Tune, fit and evaluate every ISBN in parallel worker processes, showing progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg = settings_of(request)
+    specs = champion_specs(cfg, list(series))
+    workers = cfg.training.workers or os.cpu_count() or 1
+    jobs = [(isbn, s["weeks"], s["units"], cfg.training.model_dump_json(), specs.get(isbn)) for isbn, s in series.items()]
+    candidates: list[Candidate] = []
+    progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
+    # spawn, not fork: the parent holds gRPC channels that do not survive a fork;
+    # one thread per worker keeps two processes from fighting over BLAS threads.
+    env_threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    try:
+        with progress, ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=get_context("spawn"),
+                                           max_tasks_per_child=20) as pool:
+            task = progress.add_task("", total=len(jobs))
+            futures = {pool.submit(_train_one, job): job[0] for job in jobs}
+            for done, future in enumerate(as_completed(futures), 1):
+                isbn = futures[future]
+                try:
+                    candidate = future.result()
+                except Exception as error:  # a worker crash (e.g. killed for memory) is that ISBN's failure
+                    candidate = Candidate(isbn=isbn, status="failed", reason=f"worker died: {error!r}")
+                candidates.append(candidate)
+                progress.update(task, advance=1, description=f"{isbn} {candidate.status}")
+                log.info("trained %d/%d: %s %s", done, len(jobs), isbn, candidate.status,
+                         extra={"isbn": isbn, "status": candidate.status, "seconds": round(candidate.seconds, 2),
+                                "reason": candidate.reason, "progress": f"{done}/{len(jobs)}"})
+    finally:
+        for key, value in env_threads.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    return [asdict(c) for c in sorted(candidates, key=lambda c: c.isbn)]
+
+
+# --- gate, register, promote ----------------------------------------------------------------
+def _figure(candidate: Candidate, title: str):
+    from shared.plots import forecast_figure
+
+    holdout = candidate.holdout
+    return forecast_figure(title, candidate.history["weeks"], candidate.history["units"], holdout["weeks"],
+                           holdout["forecast"], holdout["lower"], holdout["upper"], actual=holdout["actual"],
+                           naive=holdout["naive"])
+
+
+def gate_and_register(request: dict, candidates: list[dict], series: dict[str, dict],
+                      problems: dict[str, str]) -> list[dict]:
+    from shared import registry
+    from shared.runstore import RunStore
+
+    cfg = settings_of(request)
+    store = RunStore(cfg)
+    results: list[IsbnResult] = [IsbnResult(isbn=i, status="refused", reason=r) for i, r in sorted(problems.items())]
+    for raw in candidates:
+        candidate = Candidate(**{**raw, "train_window": tuple(raw["train_window"])})
+        if candidate.status != "trained":
+            results.append(IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason))
+            continue
+        info = series[candidate.isbn]
+        lineage = {
+            "isbn": candidate.isbn, "data_hash": info["data_hash"], "source_objects": ",".join(info["sources"])[:4000],
+            "pipeline_run_id": request["run_id"], "zenml_run_id": request.get("zenml_run_id", ""),
+            "code_version": request.get("code_version", "unknown"), "train_window_start": candidate.train_window[0],
+            "train_window_end": candidate.train_window[1], "holdout_weeks": str(candidate.holdout_weeks),
+            "correlation_id": request["correlation_id"],
+        }
+        verdict = gate(candidate, cfg.gates)
+        metrics = {**candidate.metrics, **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
+                                           if k in ("rmse", "mape", "smape")},
+                   **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("rmse", "mase")}}
+        title = f"{candidate.isbn}: {ModelSpec(**{**candidate.spec, 'seasonal_order': tuple(candidate.spec['seasonal_order'])}).label()}"
+        registration = registry.register(
+            cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
+            params={**candidate.spec, "trials": cfg.training.trials, "holdout_weeks": candidate.holdout_weeks},
+            metrics=metrics, study={k: v for k, v in candidate.study.items()},
+            figure=_figure(candidate, title),
+            tags={**lineage, "spec": json.dumps(candidate.spec), "kind": "candidate",
+                  "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
+                  "quarantine_reason": "; ".join(verdict.reasons)})
+        if verdict.passed:
+            registry.move_alias(cfg, store, candidate.isbn, registration.version, "promote",
+                                "passed the quality gates", "training", request["correlation_id"])
+            results.append(IsbnResult(isbn=candidate.isbn, status="promoted", version=registration.version,
+                                      reason="passed the quality gates", metrics=_round(candidate.metrics)))
+            continue
+        reason = "quarantined: " + "; ".join(verdict.reasons)
+        if registry.version_by_alias(cfg, candidate.isbn) is None:
+            # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
+            baseline = registry.register(
+                cfg, candidate.isbn, candidate.baseline_model, serving_forecast(candidate.baseline_model),
+                params={"kind": "seasonal_naive"}, metrics=candidate.baseline_metrics,
+                tags={**lineage, "spec": json.dumps({"kind": "seasonal_naive"}), "kind": "baseline",
+                      "baseline": "true", "gate": "baseline", "quarantined": "false"})
+            registry.move_alias(cfg, store, candidate.isbn, baseline.version, "baseline",
+                                f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",
+                                "training", request["correlation_id"])
+            results.append(IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version,
+                                      reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
+                                      metrics=_round(candidate.metrics)))
+        else:
+            results.append(IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
+                                      reason=reason, metrics=_round(candidate.metrics)))
+    return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
+
+
+def _round(metrics: dict) -> dict:
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def run_status(results: list[dict]) -> str:
+    statuses = {r["status"] for r in results}
+    if statuses & {"promoted", "baseline"}:
+        return "succeeded"
+    if "quarantined" in statuses:
+        return "quarantined"
+    return "failed" if statuses else "succeeded"
+
+
+def record_and_publish(request: dict, results: list[dict]) -> dict:
+    from shared.pubsub import publish
+    from shared.runstore import RunStore
+
+    cfg = settings_of(request)
+    status = run_status(results)
+    RunStore(cfg).update_run(request["run_id"], status=status, results={r["isbn"]: r for r in results},
+                             zenml_run_id=request.get("zenml_run_id", ""),
+                             mlflow_versions={r["isbn"]: r["version"] for r in results if r.get("version")})
+    event = TrainingEvent(correlation_id=request["correlation_id"], run_id=request["run_id"], status=status,
+                          isbns=sorted(r["isbn"] for r in results), launcher=request.get("launcher", "local"),
+                          results=[IsbnResult(**r) for r in results],
+                          reason=f"{sum(r['status'] in ('promoted', 'baseline') for r in results)} of {len(results)} servable")
+    publish(cfg, "training-events", event)
+    return {"status": status, "results": results, "finished_at": datetime.now(timezone.utc).isoformat()}

@@ -1,0 +1,70 @@
+"""The training job's entry point, the same locally (a background process) and on Vertex
+AI (the container's command): run status in Firestore, the pipeline, events on failure.
+
+    python -m shared.training.worker --request-file RUN.json
+    python -m shared.training.worker --request-json '{...}'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.events import TrainingEvent
+from shared.logs import configure, correlated, get_logger
+from shared.training.flow import settings_of
+
+log = get_logger("training.worker")
+
+
+def execute(request: dict) -> dict:
+    from shared.pubsub import publish
+    from shared.runstore import RunStore
+
+    cfg = settings_of(request)
+    store = RunStore(cfg)
+    run_id = request["run_id"]
+    with correlated(request["correlation_id"]):
+        store.update_run(run_id, status="running")
+        publish(cfg, "training-events", TrainingEvent(correlation_id=request["correlation_id"], run_id=run_id,
+                                                      status="started", isbns=request.get("isbns", []),
+                                                      launcher=request.get("launcher", "local")))
+        log.info("training run %s started", run_id, extra={"run_id": run_id, "isbns": request.get("isbns")})
+        try:
+            from shared.training import pipeline
+
+            summary = pipeline.run(request)
+        except Exception as error:
+            log.exception("training run %s failed", run_id, extra={"run_id": run_id})
+            store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+            publish(cfg, "training-events", TrainingEvent(
+                correlation_id=request["correlation_id"], run_id=run_id, status="failed",
+                isbns=request.get("isbns", []), launcher=request.get("launcher", "local"),
+                reason=f"{type(error).__name__}: {error}"[:500]))
+            raise
+        finally:
+            from shared.leases import release_all
+
+            release_all(store, run_id)
+        log.info("training run %s %s", run_id, summary["status"], extra={"run_id": run_id, "status": summary["status"]})
+        return summary
+
+
+def main() -> int:
+    configure()
+    parser = argparse.ArgumentParser(prog="python -m shared.training.worker")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--request-file", type=Path)
+    source.add_argument("--request-json")
+    args = parser.parse_args()
+    request = json.loads(args.request_file.read_text() if args.request_file else args.request_json)
+    try:
+        execute(request)
+    except Exception:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
