@@ -18,18 +18,26 @@ def push_endpoint(port: int, project: str, topic: str) -> str:
     return f"http://127.0.0.1:{port}/projects/{project}/topics/{topic}"
 
 
-def wire(topology: Topology, project: str, ports, function_ports: dict[str, int] | None = None,
-         buckets: bool = True) -> None:
-    function_ports = function_ports or ports.functions
+def create_topics(topology: Topology, project: str) -> None:
     publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
     for topic in topology.topics:
         try:
             publisher.create_topic(name=publisher.topic_path(project, topic.name))
         except AlreadyExists:
             pass
+
+
+def wire(topology: Topology, project: str, ports, function_ports: dict[str, int] | None = None,
+         buckets: bool = True, only_functions: set[str] | None = None) -> None:
+    """Topics, push subscriptions (to ``only_functions`` if given) and buckets."""
+    function_ports = function_ports or ports.functions
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    create_topics(topology, project)
     d = topology.defaults
     for sub in topology.subscriptions:
+        if only_functions is not None and sub.function not in only_functions:
+            continue
         request = {
             "name": subscriber.subscription_path(project, sub.name),
             "topic": publisher.topic_path(project, sub.topic),

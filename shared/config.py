@@ -110,11 +110,23 @@ class Settings(BaseSettings):
         # Profile defaults arrive as init kwargs; the environment must still win over them.
         return env_settings, init_settings
 
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> "Settings":
+        """Settings serialised into a job request, exactly as sent: the job's own
+        environment must not change the configuration it was launched with."""
+        return _Snapshot(**data)
+
     def model_name(self, isbn: str) -> str:
         return f"{self.model_name_prefix}{isbn}"
 
     def collection(self, name: str) -> str:
         return f"{self.collection_prefix}{name}"
+
+
+class _Snapshot(Settings):
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **other_sources):
+        return (init_settings,)
 
 
 def load_settings(profile: str | None = None) -> Settings:

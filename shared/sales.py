@@ -117,6 +117,16 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
     return table.sort_values(["isbn", "week"]).reset_index(drop=True)
 
 
+def isbns_mentioned(name: str, content: bytes) -> set[str] | None:
+    """The ISBNs a (possibly invalid) upload speaks of, or None if it cannot be read at all."""
+    try:
+        frame = _read_frame(name, content)
+    except UploadRejected:
+        return None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    return {isbn_rules.normalise(v) for v in frame["isbn"]} if "isbn" in frame.columns else None
+
+
 def missing_weeks(weeks: list[date]) -> list[date]:
     if not weeks:
         return []

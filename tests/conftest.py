@@ -59,3 +59,39 @@ def project_gcs(cloud: Stack, project: str, monkeypatch) -> str:
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
     yield f"http://127.0.0.1:{port}"
     stop(proc)
+
+
+class Probe:
+    """Pull subscriptions on the test project's topics, to see what was published."""
+
+    def __init__(self, project: str, topics: list[str]):
+        from google.cloud import pubsub_v1
+
+        self.subscriber = pubsub_v1.SubscriberClient()
+        self.project = project
+        for topic in topics:
+            self.subscriber.create_subscription(name=self._path(topic), topic=f"projects/{project}/topics/{topic}")
+
+    def _path(self, topic: str) -> str:
+        return self.subscriber.subscription_path(self.project, f"probe-{topic}")
+
+    def messages(self, topic: str, at_least: int = 1, timeout: float = 20.0) -> list[dict]:
+        import json
+        import time
+
+        found, deadline = [], time.monotonic() + timeout
+        while len(found) < at_least and time.monotonic() < deadline:
+            response = self.subscriber.pull(subscription=self._path(topic), max_messages=50, timeout=5)
+            if response.received_messages:
+                self.subscriber.acknowledge(subscription=self._path(topic),
+                                            ack_ids=[m.ack_id for m in response.received_messages])
+            found += [json.loads(m.message.data) for m in response.received_messages]
+        return found
+
+
+@pytest.fixture
+def probe(cfg: Settings, cloud: Stack) -> Probe:
+    from emulators.wiring import create_topics
+
+    create_topics(cloud.topology, cfg.project_id)
+    return Probe(cfg.project_id, [t.name for t in cloud.topology.topics])

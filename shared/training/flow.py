@@ -26,7 +26,7 @@ log = get_logger(__name__)
 
 
 def settings_of(request: dict) -> Settings:
-    return Settings.model_validate(request["settings"])
+    return Settings.from_snapshot(request["settings"])
 
 
 def code_version() -> str:
@@ -71,7 +71,8 @@ def validate(request: dict, contents: dict[str, bytes]) -> tuple[pd.DataFrame, d
         try:
             frame = sales.parse_upload(name, content, rules)
         except sales.UploadRejected as rejected:
-            for isbn in wanted:
+            mentioned = sales.isbns_mentioned(name, content)
+            for isbn in (wanted & mentioned) if mentioned is not None else wanted:
                 problems.setdefault(isbn, f"source {uri} is invalid: {'; '.join(rejected.reasons[:3])}")
             continue
         frame["source"] = uri

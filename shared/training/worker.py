@@ -51,14 +51,18 @@ def execute(request: dict) -> dict:
         return summary
 
 
-def main() -> int:
-    configure()
+def read_request(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m shared.training.worker")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--request-file", type=Path)
     source.add_argument("--request-json")
-    args = parser.parse_args()
-    request = json.loads(args.request_file.read_text() if args.request_file else args.request_json)
+    args = parser.parse_args(argv)
+    return json.loads(args.request_file.read_text() if args.request_file else args.request_json)
+
+
+def main() -> int:
+    configure()
+    request = read_request()
     try:
         execute(request)
     except Exception:

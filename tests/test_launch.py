@@ -1,0 +1,39 @@
+"""The Vertex launcher builds a real CreateCustomJobRequest; its dry run writes it."""
+from __future__ import annotations
+
+import json
+
+from shared.config import load_settings
+from shared.launch import VertexLauncher, launcher_for, training_request
+from shared.training.worker import read_request
+
+
+def test_vertex_dry_run_writes_the_exact_create_custom_job_request(tmp_path, monkeypatch):
+    monkeypatch.setenv("BOOKCAST_PROJECT_ID", "bookcast-prod")
+    cfg = load_settings("production").model_copy(update={"state_dir": str(tmp_path)})
+    cfg = cfg.model_copy(update={"vertex": cfg.vertex.model_copy(update={"dry_run": True})})
+    request = training_request(cfg, "run-1", ["9780306406157"], ["gs://bookcast-uploads/sales/a.csv#17"],
+                               "upload-abc", {"kind": "data_changed"}, "vertex")
+    launcher = launcher_for(cfg)
+    assert isinstance(launcher, VertexLauncher)
+    info = launcher.launch(request)
+
+    written = json.loads((tmp_path / "vertex" / "run-1.json").read_text())
+    assert written["endpoint"] == "europe-west1-aiplatform.googleapis.com"
+    body = written["request"]
+    assert body["parent"] == "projects/bookcast-prod/locations/europe-west1"
+    job = body["customJob"]
+    assert job["displayName"] == "bookcast-run-1" and job["labels"]["run-id"] == "run-1"
+    spec = job["jobSpec"]
+    assert spec["serviceAccount"] == cfg.vertex.service_account
+    assert spec["baseOutputDirectory"]["outputUriPrefix"] == f"{cfg.vertex.staging_bucket}/runs/run-1"
+    pool = spec["workerPoolSpecs"][0]
+    assert pool["machineSpec"]["machineType"] == "n2-standard-8" and int(pool["replicaCount"]) == 1
+    container = pool["containerSpec"]
+    assert container["imageUri"] == cfg.vertex.image
+    assert container["command"] == ["python", "-m", "shared.training.worker"]
+    assert container["args"][0] == "--request-json"
+    shipped = read_request(container["args"])  # what the worker in the container will parse
+    assert shipped["sources"] == request["sources"] and shipped["launcher"] == "vertex"
+    assert {"name": "BOOKCAST_PROJECT_ID", "value": "bookcast-prod"} in container["env"]
+    assert info.detail["dry_run"] is True

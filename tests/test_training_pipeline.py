@@ -1,0 +1,100 @@
+"""The training pipeline end to end: ZenML (local store), real MLflow, real Firestore and
+Pub/Sub emulators. Each test uses its own project and model-name prefix."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from shared import registry
+from shared.runstore import RunStore
+from tests.helpers import run_training, sample, short_series, write_csv
+
+pytestmark = pytest.mark.usefixtures("mlflow_server", "probe")
+
+
+def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tmp_path):
+    frame = sample(3, years=3)
+    short = short_series("9780306406157", 20)
+    source = write_csv(pd.concat([frame, short], ignore_index=True), tmp_path)
+    run_id, summary = run_training(cfg, [source])
+
+    results = {r["isbn"]: r for r in summary["results"]}
+    assert results["9780306406157"]["status"] == "refused"
+    assert "only 20 weeks" in results["9780306406157"]["reason"]
+    trained = [i for i in frame["isbn"].unique()]
+    assert all(results[i]["status"] in ("promoted", "quarantined", "baseline") for i in trained)
+
+    store = RunStore(cfg)
+    run = store.run(run_id)
+    assert run["status"] == summary["status"] == "succeeded"
+    assert run["zenml_run_id"] and set(run["results"]) == set(results)
+
+    client = registry.client(cfg)
+    for isbn in trained:
+        versions = client.search_model_versions(f"name='{cfg.model_name(isbn)}'")
+        version = next(v for v in versions if v.tags.get("kind") == "candidate")
+        tags = version.tags
+        assert tags["pipeline_run_id"] == run_id
+        assert tags["source_objects"] == source and len(tags["data_hash"]) == 64
+        assert tags["train_window_end"] == str(frame[frame.isbn == isbn]["week"].max())
+        assert tags["code_version"] and tags["zenml_run_id"] == run["zenml_run_id"]
+        artifacts = {a.path for a in client.list_artifacts(version.run_id)}
+        assert {"holdout_forecast.png", "optuna_study.json", "serving"} <= artifacts
+        run_metrics = client.get_run(version.run_id).data.metrics
+        assert {"rmse", "mape", "smape", "mase", "naive_mase"} <= set(run_metrics)
+        champion = registry.version_by_alias(cfg, isbn)
+        assert champion is not None  # promoted or baseline: every book with data is servable
+        moves = store.alias_history(isbn)
+        assert moves[-1]["to_version"] == champion.version and moves[-1]["correlation_id"] == run["correlation_id"]
+
+    events = probe.messages("training-events", at_least=2)
+    assert [e["status"] for e in events if e["run_id"] == run_id] == ["started", "succeeded"]
+    changes = probe.messages("model-changes", at_least=len(trained))
+    assert {c["isbn"] for c in changes} == set(trained)
+
+
+def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(cfg, tmp_path):
+    frame = sample(1, years=3, seed=23)
+    isbn = frame["isbn"].iloc[0]
+    source = write_csv(frame, tmp_path)
+    client = registry.client(cfg)
+
+    impossible = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"max_rmse": 0.001})})
+    _, first = run_training(impossible, [source])
+    result = first["results"][0]
+    assert result["status"] == "baseline" and "RMSE" in result["reason"]
+    baseline = registry.version_by_alias(cfg, isbn)
+    assert baseline.tags["baseline"] == "true"
+    quarantined = client.get_model_version(cfg.model_name(isbn), str(int(baseline.version) - 1))
+    assert quarantined.tags["quarantined"] == "true" and "RMSE" in quarantined.tags["quarantine_reason"]
+
+    lenient = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"max_rmse": 1e9, "max_mape": 1e9})})
+    _, second = run_training(lenient, [source])
+    assert second["results"][0]["status"] == "promoted"
+    champion = registry.version_by_alias(cfg, isbn)
+    assert int(champion.version) > int(baseline.version)
+    assert json.loads(champion.tags["spec"])["kind"] == "harmonic_arima"
+    assert client.get_model_version(cfg.model_name(isbn), baseline.version).tags["baseline"] == "true"
+
+    # Demanding a 50% improvement over the champion: the candidate must not replace it.
+    guarded = lenient.model_copy(update={"gates": lenient.gates.model_copy(update={"champion_margin": -0.5})})
+    _, third = run_training(guarded, [source])
+    assert third["results"][0]["status"] == "quarantined"
+    assert "champion" in third["results"][0]["reason"]
+    assert registry.version_by_alias(cfg, isbn).version == champion.version
+    assert [m["action"] for m in RunStore(cfg).alias_history(isbn)] == ["baseline", "promote"]
+
+
+def test_malformed_source_refuses_its_isbns_and_trains_the_rest(cfg, tmp_path):
+    good = sample(2, years=2, seed=31)
+    good_source = write_csv(good, tmp_path, "good.csv")
+    bad_source = tmp_path / "bad.csv"
+    bad_source.write_text("isbn,week,units\n9780306406157,2026-11-16,-5\n")
+    _, summary = run_training(cfg, [good_source, str(bad_source)],
+                              isbns=sorted(good["isbn"].unique()) + ["9780306406157"])
+    results = {r["isbn"]: r for r in summary["results"]}
+    assert results["9780306406157"]["status"] == "refused"
+    assert "bad.csv" in results["9780306406157"]["reason"] and "negative" in results["9780306406157"]["reason"]
+    assert all(results[i]["status"] in ("promoted", "baseline", "quarantined") for i in good["isbn"].unique())
