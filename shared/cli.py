@@ -13,7 +13,8 @@ from rich.table import Table
 from shared.config import load_settings
 from shared.logs import configure
 
-console = Console(stderr=False)
+# Piped output keeps full-width tables rather than rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _store(cfg):

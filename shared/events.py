@@ -145,6 +145,12 @@ class PubSubMessage(BaseModel):
     def gcs_object(self) -> GcsObject:
         return GcsObject.model_validate(self.json())
 
+    @property
+    def correlation_id(self) -> str | None:
+        if "correlation_id" in self.attributes:
+            return self.attributes["correlation_id"]
+        return self.gcs_object().correlation_id if self.is_gcs_notification else None
+
     def event(self) -> Event:
         return _OUR_EVENT.validate_python(self.json())
 
@@ -166,9 +172,7 @@ def week_start(day: date) -> date:
 def receive(cloud_event: Any, logger: Any) -> PubSubMessage:
     """Decode a Pub/Sub CloudEvent and log its arrival: the first line of every trace."""
     message = PubSubMessage.from_cloud_event(cloud_event)
-    cid = message.attributes.get("correlation_id")
-    if cid is None and message.is_gcs_notification:
-        cid = message.gcs_object().correlation_id
+    cid = message.correlation_id
     logger.info("received %s on %s", message.attributes.get("event_type") or message.attributes.get("eventType", "message"),
                 message.topic, extra={"topic": message.topic, "message_id": message.message_id,
                                       "attributes": message.attributes, "correlation_id": cid})

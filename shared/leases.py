@@ -17,28 +17,37 @@ log = get_logger(__name__)
 COLLECTION = "leases"
 
 
-def acquire(store: RunStore, transaction, isbns: list[str], run_id: str, ttl_seconds: int,
-            cause: dict) -> tuple[list[str], list[str]]:
-    """Inside ``transaction``: lease the free ISBNs for ``run_id``; queue ``cause`` on the busy
-    ones. Returns (leased, busy). Reads all before writing, as Firestore requires."""
+def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | None]:
+    """The current leases (Firestore transactions read everything before writing)."""
     refs = {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns}
-    snapshots = {isbn: ref.get(transaction=transaction) for isbn, ref in refs.items()}
+    return {isbn: (snap.to_dict() if (snap := ref.get(transaction=transaction)).exists else None)
+            for isbn, ref in refs.items()}
+
+
+def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: list[str], run_id: str,
+          ttl_seconds: int, cause: dict) -> tuple[list[str], list[str]]:
+    """Lease the free ISBNs for ``run_id``; queue ``cause`` as a follow-up on the busy ones.
+    An expired lease is taken over, and the run that held it is marked failed."""
     leased, busy = [], []
-    for isbn, snap in snapshots.items():
-        lease = snap.to_dict() if snap.exists else None
-        if lease and lease["expires_at"] > now() and lease["run_id"] != run_id:
+    for isbn in isbns:
+        lease = held.get(isbn)
+        ref = store.col(COLLECTION).document(isbn)
+        if lease and lease["run_id"] != run_id and lease["expires_at"] > now():
             follow_ups = lease.get("follow_ups", [])
             if cause.get("key") not in {f.get("key") for f in follow_ups}:
-                transaction.update(refs[isbn], {"follow_ups": follow_ups + [cause]})
+                transaction.update(ref, {"follow_ups": follow_ups + [cause]})
             busy.append(isbn)
-        else:
-            transaction.set(refs[isbn], {"isbn": isbn, "run_id": run_id, "acquired_at": now(),
-                                         "expires_at": expires(ttl_seconds), "follow_ups": []})
-            leased.append(isbn)
+            continue
+        if lease and lease["run_id"] != run_id:
+            transaction.update(store.col("runs").document(lease["run_id"]),
+                               {"status": "failed", "error": f"lease on {isbn} expired: the job stopped", "updated_at": now()})
+        transaction.set(ref, {"isbn": isbn, "run_id": run_id, "acquired_at": now(),
+                              "expires_at": expires(ttl_seconds), "follow_ups": []})
+        leased.append(isbn)
     return leased, busy
 
 
-def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
+def release_all(store: RunStore, run_id: str, request_follow_ups: bool = True) -> dict[str, list[dict]]:
     """Free the run's leases; returns the follow-up causes queued on them, per ISBN, and
     publishes them as one training request so nothing that arrived meanwhile is lost."""
     from google.cloud import firestore
@@ -50,7 +59,7 @@ def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
         if lease.get("follow_ups"):
             follow_ups[lease["isbn"]] = lease["follow_ups"]
         snap.reference.delete()
-    if follow_ups:
+    if follow_ups and request_follow_ups:
         request_follow_up(store, run_id, follow_ups)
     return follow_ups
 

@@ -135,10 +135,15 @@ def missing_weeks(weeks: list[date]) -> list[date]:
     return [w for w in expected if w not in present]
 
 
-def series_hash(rows: pd.DataFrame) -> str:
-    """Content hash of one ISBN's series: equal data gives an equal hash, whatever the file."""
-    lines = "\n".join(f"{w},{u}" for w, u in sorted(zip(rows["week"].astype(str), rows["units"].astype(int))))
+def series_hash(weeks: dict[str, int]) -> str:
+    """Content hash of one ISBN's series (ISO week -> units): equal data, equal hash,
+    whatever files it arrived in."""
+    lines = "\n".join(f"{week},{int(units)}" for week, units in sorted(weeks.items()))
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def weeks_of(rows: pd.DataFrame) -> dict[str, int]:
+    return {str(w): int(u) for w, u in zip(rows["week"], rows["units"])}
 
 
 def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:

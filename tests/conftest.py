@@ -95,3 +95,18 @@ def probe(cfg: Settings, cloud: Stack) -> Probe:
 
     create_topics(cloud.topology, cfg.project_id)
     return Probe(cfg.project_id, [t.name for t in cloud.topology.topics])
+
+
+@pytest.fixture
+def trigger_function(cloud: Stack, cfg: Settings, project_gcs: str):
+    """trigger-training under functions-framework for this test's project, pushed to by
+    its own subscriptions, exactly as `up` wires it."""
+    from emulators.wiring import wire
+
+    ports = Ports.free().functions
+    env = {"BOOKCAST_MODEL_NAME_PREFIX": cfg.model_name_prefix, "BOOKCAST_STATE_DIR": cfg.state_dir,
+           "STORAGE_EMULATOR_HOST": project_gcs, "BOOKCAST_PROFILE": "test"}
+    proc = cloud.start_function("trigger-training", project=cfg.project_id, port=ports["trigger-training"], extra_env=env)
+    wire(cloud.topology, cfg.project_id, cloud.ports, function_ports=ports, only_functions={"trigger-training"})
+    yield proc
+    stop(proc)

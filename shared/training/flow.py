@@ -98,7 +98,7 @@ def preprocess(valid: pd.DataFrame) -> dict[str, dict]:
         index = pd.date_range(rows["week"].iloc[0], rows["week"].iloc[-1], freq="7D")
         units = rows.set_index(pd.to_datetime(rows["week"]))["units"].reindex(index, fill_value=0)
         series[isbn] = {"weeks": [d.date().isoformat() for d in index], "units": units.astype(float).tolist(),
-                        "data_hash": sales.series_hash(rows), "sources": sorted(set(rows["source"]))}
+                        "data_hash": sales.series_hash(sales.weeks_of(rows)), "sources": sorted(set(rows["source"]))}
     return series
 
 

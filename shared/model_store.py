@@ -1,0 +1,81 @@
+"""Read-only access to the registry over MLflow's REST API, for the request path.
+
+The forecast and trigger functions only resolve an alias and fetch a small artifact;
+importing the mlflow package for that would add 2-3 s to every cold start.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import requests
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from shared.config import Settings
+
+
+class RegistryUnavailable(RuntimeError):
+    """MLflow could not be reached or answered with a server error."""
+
+
+@dataclass(frozen=True)
+class AliasTarget:
+    isbn: str
+    model_name: str
+    alias: str
+    version: str
+    run_id: str
+    created_at: datetime
+    tags: dict[str, str]
+
+    @property
+    def holdout_mae(self) -> float | None:
+        value = self.tags.get("metric.mae")
+        return float(value) if value else None
+
+
+_session = requests.Session()
+
+
+@retry(retry=retry_if_exception_type(RegistryUnavailable), stop=stop_after_attempt(2),
+       wait=wait_exponential(multiplier=0.1, max=0.5), reraise=True)
+def _get(cfg: Settings, path: str, params: dict, timeout: float = 3.0) -> requests.Response:
+    try:
+        response = _session.get(f"{cfg.mlflow_tracking_uri.rstrip('/')}{path}", params=params, timeout=timeout)
+    except requests.RequestException as error:
+        raise RegistryUnavailable(f"MLflow at {cfg.mlflow_tracking_uri} is unreachable: {error}") from error
+    if response.status_code >= 500:
+        raise RegistryUnavailable(f"MLflow answered {response.status_code} for {path}")
+    return response
+
+
+def resolve(cfg: Settings, isbn: str, alias: str | None = None) -> AliasTarget | None:
+    """The version an alias points at, or None if the model or alias does not exist."""
+    alias = alias or cfg.serving.alias
+    name = cfg.model_name(isbn)
+    response = _get(cfg, "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias})
+    if response.status_code == 404 or (response.status_code == 400 and "DOES_NOT_EXIST" in response.text):
+        return None
+    if not response.ok:
+        raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")
+    version = response.json()["model_version"]
+    return AliasTarget(isbn=isbn, model_name=name, alias=alias, version=str(version["version"]),
+                       run_id=version["run_id"],
+                       created_at=datetime.fromtimestamp(int(version["creation_timestamp"]) / 1000, timezone.utc),
+                       tags={t["key"]: t["value"] for t in version.get("tags", [])})
+
+
+def serving_forecast(cfg: Settings, run_id: str) -> dict:
+    """The precomputed forecast logged with a version (mean and standard error, 104 weeks)."""
+    response = _get(cfg, "/get-artifact", {"path": "serving/forecast.json", "run_uuid": run_id}, timeout=5.0)
+    if not response.ok:
+        raise RegistryUnavailable(f"serving artifact of run {run_id}: HTTP {response.status_code}")
+    return json.loads(response.content)
+
+
+def healthy(cfg: Settings) -> bool:
+    try:
+        return _session.get(f"{cfg.mlflow_tracking_uri.rstrip('/')}/health", timeout=2).ok
+    except requests.RequestException:
+        return False

@@ -1,0 +1,150 @@
+"""trigger_training through the real emulators: genuine GCS notifications, Firestore
+transactions, at-least-once delivery, leases and follow-ups."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from shared import leases
+from shared.events import PubSubMessage
+from shared.gcs import storage_client
+from shared.runstore import RunStore, now
+from shared.sales import to_csv
+from shared.trigger import handle, reap_expired_leases
+from tests.helpers import sample
+
+
+@pytest.fixture
+def dry_cfg(cfg):
+    """Runs are launched on Vertex in dry-run mode: decisions and runs are real, no training."""
+    return cfg.model_copy(update={"launcher": "vertex"})
+
+
+def upload(cfg, name: str, frame: pd.DataFrame | None = None, content: bytes | None = None):
+    blob = storage_client(cfg.project_id).bucket(cfg.data_bucket).blob(f"sales/{name}")
+    blob.metadata = {"correlation_id": f"cid-{name}"}
+    blob.upload_from_string(content if content is not None else to_csv(frame), content_type="text/csv")
+    return blob
+
+
+def notifications(probe, count: int, topic: str = "sales-uploads") -> list[PubSubMessage]:
+    """The genuine messages published on ``topic`` (for uploads: fake-gcs-server's
+    OBJECT_FINALIZE notifications), as a function receives them."""
+    subscriber, path = probe.subscriber, probe._path(topic)
+    found, deadline = [], time.monotonic() + 20
+    while len(found) < count and time.monotonic() < deadline:
+        response = subscriber.pull(subscription=path, max_messages=10, timeout=5)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
+        found += [PubSubMessage(message_id=m.message.message_id, publish_time=m.message.publish_time,
+                                attributes=dict(m.message.attributes), data=m.message.data)
+                  for m in response.received_messages]
+    assert len(found) == count
+    return found
+
+
+@pytest.fixture
+def bucket(dry_cfg, project_gcs, probe):
+    storage_client(dry_cfg.project_id).create_bucket(dry_cfg.data_bucket)
+
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+
+
+def test_triple_delivery_yields_one_decision_and_one_run(dry_cfg, probe, bucket):
+    frame = sample(2, years=2)
+    upload(dry_cfg, "week47.csv", frame)
+    (message,) = notifications(probe, 1)
+    redelivered = message.model_copy(update={"message_id": "other-id"})  # GCS may also re-notify
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(lambda m: handle(dry_cfg, m), [message, message, redelivered]))
+    assert sorted(o.status for o in outcomes) == ["accepted", "duplicate", "duplicate"]
+    store = RunStore(dry_cfg)
+    runs = store.runs()
+    assert len(runs) == 1 and sorted(runs[0]["isbns"]) == sorted(frame["isbn"].unique())
+    assert len(store.decisions()) == 2
+    assert runs[0]["launch"]["dry_run"] is True  # the Vertex request was written once
+    queued = [e for e in probe.messages("training-events") if e["status"] == "queued"]
+    assert len(queued) == 1 and queued[0]["run_id"] == runs[0]["run_id"]
+
+
+def test_malformed_upload_is_recorded_published_and_changes_nothing(dry_cfg, probe, bucket):
+    upload(dry_cfg, "broken.csv", content=b"isbn,week,units\n9780306406158,2026-11-16,5\n9780306406157,2026-11-17,-3\n")
+    (message,) = notifications(probe, 1)
+    outcome = handle(dry_cfg, message)
+    assert outcome.status == "rejected"
+    store = RunStore(dry_cfg)
+    cause = store.get("causes", f"upload-{message.gcs_object().upload_key}")
+    assert cause["status"] == "rejected"
+    assert any("broken.csv:2: isbn" in r and "check digit" in r for r in cause["reasons"])
+    assert any("broken.csv:3: units: negative" in r for r in cause["reasons"])
+    (event,) = probe.messages("rejected-input")
+    assert event["object_name"] == "sales/broken.csv" and event["reasons"] == cause["reasons"]
+    assert store.all_series() == {} and store.runs() == [] and store.decisions() == []
+    assert handle(dry_cfg, message).status == "duplicate"
+    assert probe.messages("rejected-input", at_least=1, timeout=3) == []  # announced once
+
+
+def test_two_concurrent_uploads_for_one_isbn_coalesce_into_a_follow_up(dry_cfg, probe, bucket):
+    frame = sample(1, years=2, seed=3)
+    revised = frame.assign(units=frame["units"] + 1)
+    upload(dry_cfg, "a.csv", frame)
+    upload(dry_cfg, "b.csv", revised)
+    messages = notifications(probe, 2)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda m: handle(dry_cfg, m), messages))
+    assert sorted(o.status for o in outcomes) == ["accepted", "accepted"]
+    store = RunStore(dry_cfg)
+    runs = store.runs()
+    assert len(runs) == 1, "one training per ISBN at a time"
+    actions = sorted(d["action"] for d in store.decisions())
+    assert actions == ["coalesce", "train"]
+    isbn = frame["isbn"].iloc[0]
+    assert len(store.get("leases", isbn)["follow_ups"]) == 1
+
+    leases.release_all(store, runs[0]["run_id"])  # what the worker does when the run ends
+    (follow_up,) = probe.messages("training-requests")
+    assert follow_up["isbns"] == [isbn] and runs[0]["run_id"] in follow_up["requested_by"]
+
+
+def test_expired_lease_fails_the_run_and_retries_it_once(dry_cfg, probe, bucket):
+    short_lease = dry_cfg.model_copy(update={"training": dry_cfg.training.model_copy(update={"lease_ttl_seconds": 10})})
+    upload(short_lease, "c.csv", sample(1, years=2, seed=4))
+    (message,) = notifications(probe, 1)
+    first = handle(short_lease, message)
+    store = RunStore(short_lease)
+    assert reap_expired_leases(short_lease, store) == []  # not expired yet
+    expire_all(store)
+    (retry,) = reap_expired_leases(short_lease, store)
+    assert store.run(first.run_id)["status"] == "failed"
+    assert store.run(retry)["attempt"] == 2 and store.run(retry)["retry_of"] == first.run_id
+    expire_all(store)
+    assert reap_expired_leases(short_lease, store) == []
+    assert store.run(retry)["status"] == "failed" and len(store.runs()) == 2
+
+
+def expire_all(store: RunStore) -> None:
+    for snap in store.col("leases").stream():
+        snap.reference.update({"expires_at": now() - timedelta(seconds=1)})
+
+
+def test_scheduled_tick_decides_for_every_known_isbn_once(dry_cfg, probe, bucket):
+    from emulators.scheduler import fire
+    from shared.topology import load
+
+    upload(dry_cfg, "d.csv", sample(2, years=2, seed=8))
+    handle(dry_cfg, notifications(probe, 1)[0])
+    weekly = next(j for j in load().scheduler_jobs if j.name == "weekly-retrain")
+    fire(weekly, dry_cfg.project_id)
+    (tick,) = notifications(probe, 1, topic="retrain-ticks")
+    outcome = handle(dry_cfg, tick)
+    # The ISBNs are already leased by the upload's run: the tick coalesces instead of racing it.
+    assert outcome.status == "accepted" and outcome.run_id is None
+    assert {d.action for d in outcome.decisions} == {"coalesce"}
+    # Cloud Scheduler may deliver one tick twice: the tick time is the idempotency key.
+    assert handle(dry_cfg, tick.model_copy(update={"message_id": "again"})).status == "duplicate"
+    assert len(RunStore(dry_cfg).runs()) == 1
