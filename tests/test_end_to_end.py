@@ -1,0 +1,63 @@
+"""An upload through the GCS emulator, with nothing else done, ends in decisions, a run and
+new champions; identical data trains nothing; a changed ISBN retrains alone."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared import model_store
+from shared.runstore import RunStore
+from tests.helpers import sample
+from tests.test_trigger import upload
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def finished_runs(store: RunStore, count: int):
+    runs = [r for r in store.runs() if r["status"] in ("succeeded", "failed", "quarantined")]
+    return runs if len(runs) >= count else None
+
+
+def test_uploads_drive_decisions_runs_and_champions(cfg, probe, trigger_function):
+    store = RunStore(cfg)
+    frame = sample(2, years=2, seed=41)
+    isbns = sorted(frame["isbn"].unique())
+
+    upload(cfg, "2026-w47.csv", frame)
+    (run,) = wait_for(lambda: finished_runs(store, 1), 240, "the first training run")
+    assert run["status"] == "succeeded", run.get("error")
+    assert run["isbns"] == isbns and run["cause"]["kind"] == "upload"
+    assert run["correlation_id"] == "cid-2026-w47.csv"
+    champions = {i: model_store.resolve(cfg, i) for i in isbns}
+    assert all(champions.values())
+    assert {d["isbn"]: d["reasons"] for d in store.decisions()} == {i: ["no model yet"] for i in isbns}
+
+    upload(cfg, "2026-w47-resent.csv", frame)  # same data, another file
+    skips = wait_for(lambda: [d for d in store.decisions() if d["cause"]["object"].endswith("resent.csv")] or None,
+                     30, "decisions on the identical upload")
+    assert {d["action"] for d in skips} == {"skip"}
+    assert all("unchanged and healthy" in d["reasons"][0] for d in skips)
+    assert len(store.runs()) == 1
+
+    changed_isbn = isbns[0]
+    changed = frame[frame["isbn"] == changed_isbn].copy()
+    changed.loc[changed.index[-1], "units"] += 25  # a late correction of the newest week
+    upload(cfg, "2026-w47-correction.csv", changed)
+    second = wait_for(lambda: [r for r in store.runs() if r["run_id"] != run["run_id"]
+                               and r["status"] in ("succeeded", "failed", "quarantined")] or None, 240,
+                      "the correction's training run")[0]
+    assert second["isbns"] == [changed_isbn]
+    reasons = second["decisions"][changed_isbn]
+    assert reasons == [f"data changed since v{champions[changed_isbn].version} was trained: history revised"]
+    assert model_store.resolve(cfg, isbns[1]).version == champions[isbns[1]].version
