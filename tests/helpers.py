@@ -41,3 +41,59 @@ def run_training(cfg: Settings, sources: list[str], isbns: list[str] | None = No
     cause = {"kind": "forced", "key": correlation_id, "forced": True}
     run_id = store.create_run(isbns or [], cause, correlation_id, "local")
     return run_id, execute(training_request(cfg, run_id, isbns or [], sources, correlation_id, cause, "local"))
+
+
+class TcpRelay:
+    """A TCP relay in front of a server, which a test can cut to simulate an outage of
+    that server without touching the server itself."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self.connections: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while self.open:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.connections += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.open = False
+        self.listener.close()
+        for connection in self.connections:
+            try:
+                connection.close()
+            except OSError:
+                pass

@@ -19,6 +19,7 @@ from shared.forecasting.models import FittedModel, ModelSpec
 from shared.forecasting.tuning import search
 
 SERVING_HORIZON = 104
+HISTORY_IN_ARTIFACT = 156  # for plots next to the forecast
 
 
 @dataclass
@@ -130,7 +131,10 @@ def serving_forecast(model: dict) -> dict:
     the forecast function needs neither statsmodels nor a refit."""
     fitted = FittedModel.from_dict(model)
     prediction = models.forecast(fitted, SERVING_HORIZON)
+    tail = fitted.history[-HISTORY_IN_ARTIFACT:]
     return {"start": prediction.start.isoformat(), "transform": prediction.transform,
             "mean": prediction.mean.tolist(), "se": prediction.se.tolist(),
             "data_end": (fitted.start + timedelta(weeks=fitted.n_obs - 1)).isoformat(),
-            "label": fitted.spec.label()}
+            "label": fitted.spec.label(),
+            "history_start": (fitted.start + timedelta(weeks=fitted.n_obs - len(tail))).isoformat(),
+            "history": tail}

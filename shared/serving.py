@@ -1,0 +1,226 @@
+"""The forecast service: validates requests, follows the serving alias, answers fast.
+
+Models are the precomputed serving artifacts (mean and standard error for 104 weeks),
+cached in-process. An ISBN's alias is re-resolved at most every ``alias_ttl_seconds``, so a
+promotion or rollback is served within that bound; each ISBN in a response comes from one
+cached entry, never a mix. If MLflow is unreachable the last loaded model keeps serving,
+marked stale; with nothing loaded the answer is 503.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared import isbn as isbn_rules
+from shared import model_store
+from shared.config import Settings
+from shared.forecasting.serving import from_artifact
+from shared.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **detail):
+        super().__init__(message)
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, **self.detail}}
+
+
+class ForecastQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    isbns: list[str] = Field(min_length=1)
+    horizon: int = Field(26, ge=1, le=104)
+    interval: float = Field(0.95, gt=0.5, lt=1.0)
+    format: Literal["json", "csv", "png"] = "json"
+
+    @field_validator("isbns")
+    @classmethod
+    def valid_isbns(cls, values: list[str]) -> list[str]:
+        problems = [p for p in (isbn_rules.problem(v) for v in values) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return list(dict.fromkeys(isbn_rules.normalise(v) for v in values))
+
+
+def parse_query(method: str, content_type: str | None, args: dict[str, list[str]], body: bytes, max_isbns: int,
+                max_horizon: int) -> ForecastQuery:
+    if method == "GET":
+        raw: dict = {"isbns": [i for v in args.get("isbn", []) for i in v.split(",") if i]}
+        for key in ("horizon", "interval", "format"):
+            if key in args:
+                raw[key] = args[key][-1]
+        unknown = sorted(set(args) - {"isbn", "horizon", "interval", "format"})
+        if unknown:
+            raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {unknown}; "
+                           "use isbn, horizon, interval, format")
+    elif method == "POST":
+        if not (content_type or "").startswith("application/json"):
+            raise ApiError(415, "unsupported_media_type",
+                           f"send JSON with Content-Type: application/json (got {content_type or 'none'})")
+        import json
+
+        try:
+            raw = json.loads(body or b"")
+        except ValueError as error:
+            raise ApiError(400, "malformed_json", f"request body is not valid JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise ApiError(400, "malformed_json", 'body must be an object like {"isbns": [...], "horizon": 26}')
+        if "isbn" in raw and "isbns" not in raw:
+            raw["isbns"] = [raw.pop("isbn")]
+    else:
+        raise ApiError(405, "method_not_allowed", f"{method} is not supported; use GET or POST")
+    if isinstance(raw.get("isbns"), list) and len(raw["isbns"]) > max_isbns:
+        raise ApiError(400, "too_many_isbns", f"{len(raw['isbns'])} ISBNs requested; at most {max_isbns} per request",
+                       field="isbns")
+    if "isbns" not in raw or raw["isbns"] == []:
+        raise ApiError(400, "missing_isbn", "give at least one ISBN-13: ?isbn=978... or {\"isbns\": [...]}",
+                       field="isbns")
+    try:
+        query = ForecastQuery.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if field == "horizon":
+            message = f"horizon must be a whole number of weeks from 1 to {max_horizon}"
+        elif field == "format":
+            message = "format must be json, csv or png"
+        elif field == "interval":
+            message = "interval must be a probability between 0.5 and 1, e.g. 0.95"
+        raise ApiError(400, "invalid_" + (field or "request").split(".")[0], message, field=field) from None
+    if query.horizon > max_horizon:
+        raise ApiError(400, "invalid_horizon", f"horizon must be a whole number of weeks from 1 to {max_horizon}",
+                       field="horizon")
+    return query
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    target: model_store.AliasTarget
+    artifact: dict
+    checked_at: float
+
+
+class ForecastService:
+    def __init__(self, cfg: Settings):
+        self.cfg = cfg
+        self.cache: dict[str, ServedModel] = {}
+        self.locks: dict[str, threading.Lock] = {}
+        self.guard = threading.Lock()
+
+    def _lock(self, isbn: str) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(isbn, threading.Lock())
+
+    def model(self, isbn: str) -> tuple[ServedModel | None, bool]:
+        """(model, stale). None means the ISBN has no servable model."""
+        cached = self.cache.get(isbn)
+        if cached and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds:
+            return cached, False
+        with self._lock(isbn):
+            cached = self.cache.get(isbn)
+            if cached and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds:
+                return cached, False
+            try:
+                target = model_store.resolve(self.cfg, isbn)
+                if target is None:
+                    self.cache.pop(isbn, None)
+                    return None, False
+                if cached and cached.target.version == target.version:
+                    artifact = cached.artifact
+                else:
+                    artifact = model_store.serving_forecast(self.cfg, target.run_id)
+                    log.info("serving %s v%s", isbn, target.version,
+                             extra={"isbn": isbn, "version": target.version,
+                                    "previous": cached.target.version if cached else None})
+            except model_store.RegistryUnavailable as error:
+                if cached:
+                    log.warning("MLflow unreachable; serving cached %s v%s: %s", isbn, cached.target.version, error)
+                    return cached, True
+                raise ApiError(503, "registry_unavailable",
+                               f"no model loaded for {isbn} and the model registry is unreachable; retry shortly") from None
+            served = ServedModel(target, artifact, time.monotonic())
+            self.cache[isbn] = served
+            return served, False
+
+    def forecast(self, query: ForecastQuery) -> dict:
+        answers, unknown = [], []
+        for isbn in query.isbns:
+            served, stale = self.model(isbn)
+            if served is None:
+                unknown.append(isbn)
+                continue
+            answers.append(self._answer(isbn, served, stale, query))
+        if unknown:
+            raise ApiError(404, "unknown_isbn", f"no model is serving {', '.join(unknown)}", isbns=unknown)
+        return {"horizon": query.horizon, "interval": query.interval, "stale": any(a["stale"] for a in answers),
+                "forecasts": answers}
+
+    def _answer(self, isbn: str, served: ServedModel, stale: bool, query: ForecastQuery) -> dict:
+        weeks, mean, lower, upper = from_artifact(served.artifact, query.horizon, query.interval)
+        target = served.target
+        return {
+            "isbn": isbn, "model_name": target.model_name, "version": target.version, "alias": target.alias,
+            "trained_at": target.created_at.isoformat(), "data_end": served.artifact["data_end"],
+            "model": served.artifact.get("label"), "baseline": target.tags.get("baseline") == "true", "stale": stale,
+            "forecast": [{"week": w.isoformat(), "mean": round(float(m), 2), "lower": round(float(lo), 2),
+                          "upper": round(float(hi), 2)} for w, m, lo, hi in zip(weeks, mean, lower, upper)],
+        }
+
+    def history(self, isbn: str) -> tuple[list, list]:
+        from datetime import date, timedelta
+
+        artifact = self.cache[isbn].artifact
+        start = date.fromisoformat(artifact["history_start"])
+        return [start + timedelta(weeks=i) for i in range(len(artifact["history"]))], artifact["history"]
+
+    def health(self) -> dict:
+        return {"status": "ok", "models_cached": len(self.cache), "alias": self.cfg.serving.alias,
+                "registry_reachable": model_store.healthy(self.cfg)}
+
+
+def to_csv(result: dict) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["isbn", "version", "week", "mean", "lower", "upper"])
+    for answer in result["forecasts"]:
+        for row in answer["forecast"]:
+            writer.writerow([answer["isbn"], answer["version"], row["week"], row["mean"], row["lower"], row["upper"]])
+    return out.getvalue()
+
+
+def to_png(service: ForecastService, result: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shared.plots import forecast_figure, png_bytes
+
+    figures = []
+    for answer in result["forecasts"][:6]:
+        weeks, units = service.history(answer["isbn"])
+        rows = answer["forecast"]
+        figures.append(forecast_figure(
+            f"{answer['isbn']} · v{answer['version']} ({answer['model']})" + (" · STALE" if answer["stale"] else ""),
+            weeks, units, [r["week"] for r in rows], [r["mean"] for r in rows], [r["lower"] for r in rows],
+            [r["upper"] for r in rows], level=result["interval"]))
+    if len(figures) == 1:
+        return png_bytes(figures[0])
+    # Several ISBNs: stack the single plots into one image.
+    import numpy as np
+
+    images = [plt.imread(io.BytesIO(png_bytes(f))) for f in figures]
+    stacked = np.vstack(images)
+    out = io.BytesIO()
+    plt.imsave(out, stacked, format="png")
+    return out.getvalue()
