@@ -7,7 +7,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_CAPTURE_PRINTS := false
 export ZENML_LOGGING_VERBOSITY := WARN
 
-.PHONY: setup demo test bench up down status logs lock clean
+.PHONY: setup demo test bench up down status logs env lock
 
 setup: $(STAMP)
 
@@ -34,6 +34,8 @@ status:
 	$(PY) -m emulators status
 logs:
 	$(PY) -m emulators logs
+env:
+	@$(PY) -m emulators env
 
 lock:
 	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock

@@ -14,11 +14,11 @@ from rich.table import Table
 from emulators.processes import StartupError
 from emulators.stack import Stack
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 def stack_from_env() -> Stack:
-    return Stack(Path(os.environ.get("BOOKCAST_STATE_DIR", ".state")),
+    return Stack(Path(os.environ.get("BOOKCAST_STATE_DIR", Path(__file__).resolve().parent.parent / ".state")),
                  project=os.environ.get("BOOKCAST_PROJECT_ID", "bookcast-local"))
 
 
@@ -45,6 +45,7 @@ def main() -> int:
     fire = sub.add_parser("fire", help="fire a scheduler job now")
     fire.add_argument("job")
     sub.add_parser("demo", help="up, upload the sample, follow it through the functions")
+    sub.add_parser("env", help="print the exports that point clients (and `bookcast`) at the local cloud")
     args = parser.parse_args()
     stack = stack_from_env()
     try:
@@ -67,6 +68,9 @@ def main() -> int:
             os.environ.update(stack.client_env())
             return subprocess.call([sys.executable, "-m", "emulators.scheduler", "fire", args.job],
                                    env={**os.environ, **stack.client_env()})
+        elif args.command == "env":
+            for key, value in stack.client_env().items():
+                print(f"export {key}={value}")
         elif args.command == "demo":
             from emulators.demo import run_demo
 
