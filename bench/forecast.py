@@ -1,0 +1,134 @@
+"""Serving benchmark: 100 concurrent clients against the forecast function (run by
+functions-framework as deployed: gunicorn, 1 worker, threads) and, in the same run, against
+`mlflow models serve` on the same registered model. Also cold start: process start to
+first health answer and to first forecast.
+
+    .venv/bin/python -m bench.forecast [--clients 100] [--seconds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import requests
+from rich.console import Console
+from rich.table import Table
+
+from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
+from emulators.stack import BIN, Ports, Stack
+
+
+async def load(url: str, method: str, payload: dict | None, params: dict | None, clients: int, seconds: float):
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def one_client(deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    response = await client.request(method, url, json=payload, params=params)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(one_client(time.perf_counter() + 1.0) for _ in range(clients)))  # warm-up
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client(started + seconds) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
+            "p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000}
+
+
+def train_one_model(cfg, state: Path) -> str:
+    from shared import registry
+    from shared.sample_data import generate
+    from shared.training.per_isbn import serving_forecast, train_isbn
+
+    frame = generate(1, 3, seed=5)
+    isbn = frame["isbn"].iloc[0]
+    candidate = train_isbn(isbn, list(frame["week"]), list(frame["units"].astype(float)), cfg.training)
+    version = registry.register(cfg, isbn, candidate.model, serving_forecast(candidate.model), params=candidate.spec,
+                                metrics=candidate.metrics, tags={"kind": "candidate"})
+    registry.client(cfg).set_registered_model_alias(cfg.model_name(isbn), "champion", version.version)
+    return isbn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    console = Console(width=140)
+    state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
+    project = f"bench-{uuid.uuid4().hex[:8]}"
+    stack = Stack(state, project=project, ports=Ports.free(), profile="test")
+    started = [stack.start_mlflow()]
+    try:
+        os.environ.update(stack.client_env())
+        from shared.config import load_settings
+
+        cfg = load_settings("test").model_copy(update={"project_id": project, "state_dir": str(state),
+                                                       "mlflow_tracking_uri": f"http://127.0.0.1:{stack.ports.mlflow}"})
+        isbn = train_one_model(cfg, state)
+
+        port = free_port()
+        t0 = time.perf_counter()
+        function = stack.start_function("forecast", port=port)
+        started.append(function)
+        health_s = time.perf_counter() - t0
+        url = f"http://127.0.0.1:{port}/"
+        t1 = time.perf_counter()
+        first = requests.get(url, params={"isbn": isbn, "horizon": 26}, timeout=30)
+        first_forecast_s = health_s + (time.perf_counter() - t1)
+        assert first.ok, first.text
+        imports = subprocess.run([sys.executable, "-c", "import time; t=time.perf_counter(); "
+                                  "import functions.forecast.main; print(time.perf_counter()-t)"],
+                                 capture_output=True, text=True, cwd=str(Path(__file__).parent.parent),
+                                 env={**os.environ, **stack.client_env()})
+        import_s = float(imports.stdout.strip().splitlines()[-1]) if imports.returncode == 0 else float("nan")
+
+        serve_port = free_port()
+        serve = spawn("mlflow-serve", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{cfg.model_name(isbn)}@champion",
+                                       "-p", str(serve_port), "-h", "127.0.0.1", "--env-manager", "local"],
+                      serve_port, state / "logs", env=stack.client_env())
+        started.append(serve)
+        wait_healthy(serve, http_ok(f"http://127.0.0.1:{serve_port}/ping"), timeout=180)
+
+        ours = asyncio.run(load(url, "GET", None, {"isbn": isbn, "horizon": 26}, args.clients, args.seconds))
+        theirs = asyncio.run(load(f"http://127.0.0.1:{serve_port}/invocations", "POST",
+                                  {"dataframe_records": [{"horizon": 26, "interval": 0.95}]}, None, args.clients,
+                                  args.seconds))
+        table = Table(title=f"serving benchmark: {args.clients} concurrent clients, {args.seconds:g} s, 26-week forecast "
+                            f"with 95% interval, {os.cpu_count()} cores")
+        for column in ("server", "requests/s", "p50 ms", "p99 ms", "requests", "errors"):
+            table.add_column(column, justify="right")
+        for name, r in (("forecast function (functions-framework)", ours), ("mlflow models serve", theirs)):
+            table.add_row(name, f"{r['rps']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", str(r["requests"]), str(r["errors"]))
+        console.print(table)
+        console.print(f"p50 speed-up over mlflow models serve: {theirs['p50'] / ours['p50']:.1f}x")
+        console.print(f"cold start: imports {import_s:.2f} s; process start to healthy {health_s:.2f} s; "
+                      f"to first forecast {first_forecast_s:.2f} s")
+    finally:
+        for proc in reversed(started):
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()
