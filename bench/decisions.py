@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+
+from shared.logs import configure
 from rich.table import Table
 
 from emulators.processes import stop
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--isbns", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
+    configure("WARNING")
     console = Console(width=140)
     state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
     project = f"bench-{uuid.uuid4().hex[:8]}"

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import requests
 from rich.console import Console
+
+from shared.logs import configure
 from rich.table import Table
 
 from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
+    configure("WARNING")
     console = Console(width=140)
     state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
     project = f"bench-{uuid.uuid4().hex[:8]}"
@@ -107,22 +110,27 @@ def main() -> None:
         serve_port = free_port()
         serve = spawn("mlflow-serve", [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{cfg.model_name(isbn)}@champion",
                                        "-p", str(serve_port), "-h", "127.0.0.1", "--env-manager", "local"],
-                      serve_port, state / "logs", env=stack.client_env())
+                      serve_port, state / "logs", env={**stack.client_env(), "PATH": f"{BIN}:{os.environ['PATH']}"})
         started.append(serve)
         wait_healthy(serve, http_ok(f"http://127.0.0.1:{serve_port}/ping"), timeout=180)
 
-        ours = asyncio.run(load(url, "GET", None, {"isbn": isbn, "horizon": 26}, args.clients, args.seconds))
-        theirs = asyncio.run(load(f"http://127.0.0.1:{serve_port}/invocations", "POST",
-                                  {"dataframe_records": [{"horizon": 26, "interval": 0.95}]}, None, args.clients,
-                                  args.seconds))
-        table = Table(title=f"serving benchmark: {args.clients} concurrent clients, {args.seconds:g} s, 26-week forecast "
-                            f"with 95% interval, {os.cpu_count()} cores")
-        for column in ("server", "requests/s", "p50 ms", "p99 ms", "requests", "errors"):
+        table = Table(title=f"serving benchmark: {args.seconds:g} s per row, 26-week forecast with 95% interval, "
+                            f"{os.cpu_count()} cores shared with the load generator")
+        for column in ("server", "clients", "requests/s", "p50 ms", "p99 ms", "requests", "errors"):
             table.add_column(column, justify="right")
-        for name, r in (("forecast function (functions-framework)", ours), ("mlflow models serve", theirs)):
-            table.add_row(name, f"{r['rps']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", str(r["requests"]), str(r["errors"]))
+        speedups = []
+        for clients in sorted({args.clients, 10}):
+            ours = asyncio.run(load(url, "GET", None, {"isbn": isbn, "horizon": 26}, clients, args.seconds))
+            theirs = asyncio.run(load(f"http://127.0.0.1:{serve_port}/invocations", "POST",
+                                      {"dataframe_records": [{"horizon": 26, "interval": 0.95}]}, None, clients,
+                                      args.seconds))
+            for name, r in (("forecast function (functions-framework)", ours), ("mlflow models serve", theirs)):
+                table.add_row(name, str(clients), f"{r['rps']:.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
+                              str(r["requests"]), str(r["errors"]))
+            speedups.append(f"{clients} clients: {theirs['p50'] / ours['p50']:.1f}x")
+            table.add_section()
         console.print(table)
-        console.print(f"p50 speed-up over mlflow models serve: {theirs['p50'] / ours['p50']:.1f}x")
+        console.print(f"p50 speed-up over mlflow models serve: {', '.join(speedups)}")
         console.print(f"cold start: imports {import_s:.2f} s; process start to healthy {health_s:.2f} s; "
                       f"to first forecast {first_forecast_s:.2f} s")
     finally:

@@ -17,6 +17,8 @@ from multiprocessing import get_context
 import numpy as np
 import pandas as pd
 from rich.console import Console
+
+from shared.logs import configure
 from rich.table import Table
 
 from shared.config import load_settings
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--profile", default="development")
     parser.add_argument("--years", type=float, default=4)
     args = parser.parse_args()
+    configure("WARNING")
     cfg = load_settings(args.profile)
     workers = os.cpu_count() or 1
     console = Console(width=140)

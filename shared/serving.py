@@ -103,6 +103,9 @@ def parse_query(method: str, content_type: str | None, args: dict[str, list[str]
     return query
 
 
+ANSWER_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class ServedModel:
     target: model_store.AliasTarget
@@ -116,6 +119,7 @@ class ForecastService:
         self.cache: dict[str, ServedModel] = {}
         self.locks: dict[str, threading.Lock] = {}
         self.guard = threading.Lock()
+        self.answers: dict[tuple, dict] = {}
 
     def _lock(self, isbn: str) -> threading.Lock:
         with self.guard:
@@ -166,12 +170,23 @@ class ForecastService:
                 "forecasts": answers}
 
     def _answer(self, isbn: str, served: ServedModel, stale: bool, query: ForecastQuery) -> dict:
+        # A version's forecast never changes: answers are cached per (version, horizon, interval).
+        key = (isbn, served.target.version, served.target.run_id, query.horizon, query.interval)
+        answer = self.answers.get(key)
+        if answer is None:
+            answer = self._compute(isbn, served, query)
+            if len(self.answers) >= ANSWER_CACHE_SIZE:
+                self.answers.pop(next(iter(self.answers)))
+            self.answers[key] = answer
+        return {**answer, "stale": stale}
+
+    def _compute(self, isbn: str, served: ServedModel, query: ForecastQuery) -> dict:
         weeks, mean, lower, upper = from_artifact(served.artifact, query.horizon, query.interval)
         target = served.target
         return {
             "isbn": isbn, "model_name": target.model_name, "version": target.version, "alias": target.alias,
             "trained_at": target.created_at.isoformat(), "data_end": served.artifact["data_end"],
-            "model": served.artifact.get("label"), "baseline": target.tags.get("baseline") == "true", "stale": stale,
+            "model": served.artifact.get("label"), "baseline": target.tags.get("baseline") == "true",
             "forecast": [{"week": w.isoformat(), "mean": round(float(m), 2), "lower": round(float(lo), 2),
                           "upper": round(float(hi), 2)} for w, m, lo, hi in zip(weeks, mean, lower, upper)],
         }

@@ -147,12 +147,16 @@ def handle_isbns(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str] 
 
 # --- the transaction --------------------------------------------------------------------------
 def champions(cfg: Settings, isbns: list[str]) -> dict[str, tuple]:
-    found = {}
-    for isbn in isbns:
+    """Each ISBN's champion and its serving forecast; looked up concurrently, since a
+    catalogue upload needs two registry round trips per ISBN."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def lookup(isbn: str) -> tuple:
         target = model_store.resolve(cfg, isbn)
-        forecast = model_store.serving_forecast(cfg, target.run_id) if target else None
-        found[isbn] = (target, forecast)
-    return found
+        return target, model_store.serving_forecast(cfg, target.run_id) if target else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(isbns, pool.map(lookup, isbns)))
 
 
 def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str, dict], source: str | None,

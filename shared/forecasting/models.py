@@ -127,13 +127,13 @@ def fit(y: np.ndarray, start: date, spec: ModelSpec) -> FittedModel:
     y = np.asarray(y, float)
     if spec.kind == "seasonal_naive":
         season = 52 if len(y) >= 52 + 8 else 1
-        return FittedModel(spec, start, len(y), params=[float(season)], history=list(y))
+        return FittedModel(spec, start, len(y), params=[float(season)], history=y.tolist())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = _sarimax(y, spec, start).fit(disp=False, maxiter=200, low_memory=True)
     if not np.all(np.isfinite(result.params)):
         raise FloatingPointError(f"{spec.label()} did not converge to finite parameters")
-    return FittedModel(spec, start, len(y), params=[float(v) for v in result.params], history=list(y))
+    return FittedModel(spec, start, len(y), params=[float(v) for v in result.params], history=y.tolist())
 
 
 def forecast(model: FittedModel, horizon: int) -> Forecast:
