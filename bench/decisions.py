@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
 import time
-import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-
-from shared.logs import configure
 from rich.table import Table
 
+from shared.logs import configure
+
 from emulators.processes import stop
-from emulators.stack import Ports, Stack
+from bench.common import bench_settings, private_stack
 from emulators.wiring import wire
 from shared.sales import series_hash, to_csv, weeks_of
 from shared.sample_data import generate
@@ -69,25 +65,20 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     console = Console(width=140)
-    state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
-    project = f"bench-{uuid.uuid4().hex[:8]}"
-    stack = Stack(state, project=project, ports=Ports.free(), profile="test")
+    stack = private_stack()
+    project = stack.project
     started = []
     try:
         for start in (stack.start_pubsub, stack.start_firestore, stack.start_mlflow):
             started.append(start())
-        os.environ.update(stack.client_env())
+        cfg = bench_settings(stack, launcher="vertex")
         started.append(stack.start_gcs(backend="memory"))
         wire(stack.topology, project, stack.ports, only_functions={"trigger-training"})
         started.append(stack.start_function("trigger-training", extra_env={
             "BOOKCAST_LAUNCHER": "vertex", "BOOKCAST_VERTEX__DRY_RUN": "true"}))
-        from shared.config import load_settings
         from shared.gcs import storage_client
         from shared.runstore import RunStore
 
-        cfg = load_settings("test").model_copy(update={"project_id": project, "launcher": "vertex",
-                                                       "mlflow_tracking_uri": f"http://127.0.0.1:{stack.ports.mlflow}",
-                                                       "state_dir": str(state)})
         store = RunStore(cfg)
         bucket = storage_client(project).bucket(cfg.data_bucket)
         full = generate(args.isbns, 2 + args.rounds / 52, seed=99)

@@ -13,20 +13,19 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import requests
 from rich.console import Console
-
-from shared.logs import configure
 from rich.table import Table
 
+from shared.logs import configure
+
 from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
-from emulators.stack import BIN, Ports, Stack
+from bench.common import bench_settings, private_stack
+from emulators.stack import BIN
 
 
 async def load(url: str, method: str, payload: dict | None, params: dict | None, clients: int, seconds: float):
@@ -58,7 +57,7 @@ async def load(url: str, method: str, payload: dict | None, params: dict | None,
             "p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000}
 
 
-def train_one_model(cfg, state: Path) -> str:
+def train_one_model(cfg) -> str:
     from shared import registry
     from shared.sample_data import generate
     from shared.training.per_isbn import serving_forecast, train_isbn
@@ -79,17 +78,12 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     console = Console(width=140)
-    state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
-    project = f"bench-{uuid.uuid4().hex[:8]}"
-    stack = Stack(state, project=project, ports=Ports.free(), profile="test")
+    stack = private_stack()
+    state = stack.state_dir
     started = [stack.start_mlflow()]
     try:
-        os.environ.update(stack.client_env())
-        from shared.config import load_settings
-
-        cfg = load_settings("test").model_copy(update={"project_id": project, "state_dir": str(state),
-                                                       "mlflow_tracking_uri": f"http://127.0.0.1:{stack.ports.mlflow}"})
-        isbn = train_one_model(cfg, state)
+        cfg = bench_settings(stack)
+        isbn = train_one_model(cfg)
 
         port = free_port()
         t0 = time.perf_counter()

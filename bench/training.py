@@ -17,9 +17,9 @@ from multiprocessing import get_context
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.table import Table
 
 from shared.logs import configure
-from rich.table import Table
 
 from shared.config import load_settings
 from shared.forecasting.metrics import SEASON, accuracy
