@@ -50,6 +50,7 @@ class IsbnResult(BaseModel):
     isbn: str
     status: Literal["promoted", "quarantined", "baseline", "refused", "failed"]
     version: str | None = None
+    mlflow_run_id: str | None = None
     reason: str = ""
     metrics: dict[str, float] = {}
 

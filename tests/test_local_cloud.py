@@ -8,7 +8,7 @@ import time
 import pytest
 from google.cloud import pubsub_v1
 
-from emulators.processes import StartupError, free_port, port_free, stop, spawn
+from emulators.processes import StartupError, free_port, port_free, spawn, stop
 from emulators.stack import Ports
 from emulators.wiring import wire
 from shared.gcs import storage_client
@@ -82,3 +82,16 @@ def test_down_stops_the_java_emulator_behind_gcloud(cloud, tmp_path):
     assert not port_free(stack.ports.pubsub)
     stop(proc)
     assert port_free(stack.ports.pubsub), "the Java Pub/Sub server outlived `down`"
+
+
+def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
+    import shutil
+
+    from emulators.stack import Stack
+
+    only_gcloud = tmp_path / "bin"
+    only_gcloud.mkdir()
+    (only_gcloud / "gcloud").symlink_to(shutil.which("gcloud"))
+    monkeypatch.setenv("PATH", str(only_gcloud))
+    with pytest.raises(StartupError, match="Java is missing"):
+        Stack(tmp_path, ports=Ports.free()).start_firestore()

@@ -30,6 +30,7 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
     run = store.run(run_id)
     assert run["status"] == summary["status"] == "succeeded"
     assert run["zenml_run_id"] and set(run["results"]) == set(results)
+    assert set(run["mlflow_run_ids"]) == set(trained) == set(run["mlflow_versions"])
 
     client = registry.client(cfg)
     for isbn in trained:

@@ -12,6 +12,7 @@ import pytest
 from shared import leases
 from shared.events import PubSubMessage
 from shared.gcs import storage_client
+from shared.monitoring import on_message
 from shared.runstore import RunStore, now
 from shared.sales import to_csv
 from shared.trigger import handle, reap_expired_leases
@@ -119,7 +120,9 @@ def test_expired_lease_fails_the_run_and_retries_it_once(dry_cfg, probe, bucket)
     store = RunStore(short_lease)
     assert reap_expired_leases(short_lease, store) == []  # not expired yet
     expire_all(store)
-    (retry,) = reap_expired_leases(short_lease, store)
+    tick = PubSubMessage(message_id="m1", publish_time=now(), attributes={"event_type": "schedule.tick"},
+                         data=b'{"job": "monitor"}')
+    (retry,) = on_message(short_lease, tick)  # the monitor's tick reaps dead jobs
     assert store.run(first.run_id)["status"] == "failed"
     assert store.run(retry)["attempt"] == 2 and store.run(retry)["retry_of"] == first.run_id
     expire_all(store)

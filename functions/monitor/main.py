@@ -1,8 +1,9 @@
 """Cloud Function `monitor` (CloudEvent): scheduled checks and failure events."""
 import functions_framework
 
+from shared.config import settings
 from shared.events import receive
-from shared.logs import configure, get_logger
+from shared.logs import configure, correlated, get_logger
 
 configure()
 log = get_logger("monitor")
@@ -10,4 +11,8 @@ log = get_logger("monitor")
 
 @functions_framework.cloud_event
 def monitor(cloud_event):
-    receive(cloud_event, log)
+    from shared.monitoring import on_message
+
+    message = receive(cloud_event, log)
+    with correlated(message.correlation_id):
+        on_message(settings(), message)

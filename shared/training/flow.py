@@ -206,7 +206,8 @@ def gate_and_register(request: dict, candidates: list[dict], series: dict[str, d
             registry.move_alias(cfg, store, candidate.isbn, registration.version, "promote",
                                 "passed the quality gates", "training", request["correlation_id"])
             results.append(IsbnResult(isbn=candidate.isbn, status="promoted", version=registration.version,
-                                      reason="passed the quality gates", metrics=_round(candidate.metrics)))
+                                      mlflow_run_id=registration.run_id, reason="passed the quality gates",
+                                      metrics=_round(candidate.metrics)))
             continue
         reason = "quarantined: " + "; ".join(verdict.reasons)
         if registry.version_by_alias(cfg, candidate.isbn) is None:
@@ -220,11 +221,12 @@ def gate_and_register(request: dict, candidates: list[dict], series: dict[str, d
                                 f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",
                                 "training", request["correlation_id"])
             results.append(IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version,
-                                      reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
+                                      mlflow_run_id=baseline.run_id, reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
                                       metrics=_round(candidate.metrics)))
         else:
             results.append(IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
-                                      reason=reason, metrics=_round(candidate.metrics)))
+                                      mlflow_run_id=registration.run_id, reason=reason,
+                                      metrics=_round(candidate.metrics)))
     return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
 
 
@@ -249,7 +251,8 @@ def record_and_publish(request: dict, results: list[dict]) -> dict:
     status = run_status(results)
     RunStore(cfg).update_run(request["run_id"], status=status, results={r["isbn"]: r for r in results},
                              zenml_run_id=request.get("zenml_run_id", ""),
-                             mlflow_versions={r["isbn"]: r["version"] for r in results if r.get("version")})
+                             mlflow_versions={r["isbn"]: r["version"] for r in results if r.get("version")},
+                             mlflow_run_ids={r["isbn"]: r["mlflow_run_id"] for r in results if r.get("mlflow_run_id")})
     event = TrainingEvent(correlation_id=request["correlation_id"], run_id=request["run_id"], status=status,
                           isbns=sorted(r["isbn"] for r in results), launcher=request.get("launcher", "local"),
                           results=[IsbnResult(**r) for r in results],
