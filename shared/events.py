@@ -136,7 +136,7 @@ class PubSubMessage(BaseModel):
             topic=source.rsplit("/topics/", 1)[-1] if "/topics/" in source else None,
         )
 
-    def json(self) -> Any:  # type: ignore[override]
+    def payload(self) -> Any:
         return json.loads(self.data or b"null")
 
     @property
@@ -144,7 +144,7 @@ class PubSubMessage(BaseModel):
         return self.attributes.get("payloadFormat") == "JSON_API_V1" and "objectId" in self.attributes
 
     def gcs_object(self) -> GcsObject:
-        return GcsObject.model_validate(self.json())
+        return GcsObject.model_validate(self.payload())
 
     @property
     def correlation_id(self) -> str | None:
@@ -153,7 +153,7 @@ class PubSubMessage(BaseModel):
         return self.gcs_object().correlation_id if self.is_gcs_notification else None
 
     def event(self) -> Event:
-        return _OUR_EVENT.validate_python(self.json())
+        return _OUR_EVENT.validate_python(self.payload())
 
 
 def encode(event: Event) -> tuple[bytes, dict[str, str]]:

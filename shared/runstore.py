@@ -38,9 +38,10 @@ class RunStore:
     def col(self, name: str):
         return self.db.collection(self.cfg.collection(name))
 
-    def transaction(self, attempts: int = 20):
-        # The emulator resolves each conflict in ~2 s; the default 5 attempts is too few.
-        return self.db.transaction(max_attempts=attempts)
+    def in_transaction(self, work, attempts: int = 20):
+        """Run ``work(transaction)`` in a Firestore transaction, retried on contention.
+        The emulator resolves each conflict in ~2 s; the client's default 5 attempts is too few."""
+        return self._firestore.transactional(work)(self.db.transaction(max_attempts=attempts))
 
     # --- runs -------------------------------------------------------------------------------
     def create_run(self, isbns: list[str], cause: dict, correlation_id: str, launcher: str,
@@ -86,13 +87,11 @@ class RunStore:
         return decision_id
 
     def decisions(self, limit: int = 100, isbn: str | None = None) -> list[dict]:
-        query = self.col("decisions")
-        if isbn:
-            query = query.where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
-        docs = [d.to_dict() for d in query.stream()] if isbn else [
-            d.to_dict() for d in query.order_by("decided_at", direction=self._firestore.Query.DESCENDING)
-            .limit(limit).stream()]
-        return sorted(docs, key=lambda d: d["decided_at"], reverse=True)[:limit]
+        if isbn:  # one book's decisions are few: filter here, sort locally, no composite index
+            query = self.col("decisions").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
+            return sorted((d.to_dict() for d in query.stream()), key=lambda d: d["decided_at"], reverse=True)[:limit]
+        query = self.col("decisions").order_by("decided_at", direction=self._firestore.Query.DESCENDING).limit(limit)
+        return [d.to_dict() for d in query.stream()]
 
     # --- series -----------------------------------------------------------------------------
     def series(self, isbn: str) -> dict | None:

@@ -56,13 +56,13 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
         return handle_upload(cfg, store, message)
     event_type = message.attributes.get("event_type")
     if event_type == "schedule.tick":
-        job = (message.json() or {}).get("job", "unknown")
+        job = (message.payload() or {}).get("job", "unknown")
         cause = Cause(key=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", kind="schedule",
                       correlation_id=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", message_id=message.message_id,
                       detail={"job": job, "publish_time": message.publish_time.isoformat()})
         return handle_isbns(cfg, store, cause, isbns=None)
     if event_type == "training.requested":
-        request = TrainingRequest.model_validate(message.json())
+        request = TrainingRequest.model_validate(message.payload())
         cause = Cause(key=f"request-{message.message_id}", kind="follow-up" if "follow-up" in request.requested_by
                       else "request", correlation_id=request.correlation_id, message_id=message.message_id,
                       forced=request.force, detail={"requested_by": request.requested_by, "reason": request.reason})
@@ -109,9 +109,6 @@ def read_upload(cfg: Settings, obj: GcsObject):
 
 def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons: list[str]) -> Outcome:
     doc = {**cause.as_dict(), "status": "rejected", "reasons": reasons, "received_at": now(), "published": False}
-    transaction = store.transaction()
-
-    @store._firestore.transactional
     def record(transaction) -> bool:
         ref = store.col("causes").document(cause.key)
         if ref.get(transaction=transaction).exists:
@@ -120,7 +117,7 @@ def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons
         transaction.set(store.col("messages").document(cause.message_id), {"cause": cause.key, "at": now()})
         return True
 
-    if record(transaction):
+    if store.in_transaction(record):
         log.warning("rejected upload gs://%s/%s: %s", obj.bucket, obj.name, "; ".join(reasons[:3]),
                     extra={"reasons": reasons, "cause": cause.key})
     finish_pending(cfg, store, store.get("causes", cause.key))
@@ -167,7 +164,6 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
     run_id = f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     decided_at = now()
 
-    @store._firestore.transactional
     def apply(transaction):
         cause_ref = store.col("causes").document(cause.key)
         if cause_ref.get(transaction=transaction).exists:
@@ -176,9 +172,10 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
         series = {i: (s.to_dict() if (s := ref.get(transaction=transaction)).exists else None)
                   for i, ref in series_refs.items()}
         held = leases.read(store, transaction, isbns)
-        decisions = []
+        decisions, sources_of = [], {}
         for isbn in isbns:
             prior = series[isbn] or {"weeks": {}, "sources": []}
+            sources_of[isbn] = prior["sources"] + ([source] if source and source not in prior["sources"] else [])
             weeks = {**prior["weeks"], **weeks_by_isbn[isbn]} if merge else dict(prior["weeks"])
             missing = sales.missing_weeks(sorted(datetime.fromisoformat(w).date() for w in weeks))
             target, forecast = current[isbn]
@@ -188,8 +185,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
                                                    f"first {missing[0]}: send those weeks to train"], decision.inputs)
             decisions.append(decision)
             if merge:
-                sources = prior["sources"] + ([source] if source and source not in prior["sources"] else [])
-                transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": weeks, "sources": sources,
+                transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": weeks, "sources": sources_of[isbn],
                                                     "data_hash": decision.inputs["data_hash"], "updated_at": now(),
                                                     "last_cause": cause.key})
         to_train = [d.isbn for d in decisions if d.action == "train"]
@@ -201,8 +197,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
                 d.reasons = d.reasons + [f"already training in {held[d.isbn]['run_id']}: queued as a follow-up"]
             store.record_decision(d.isbn, d.action, d.reasons, d.inputs, cause.as_dict(), cause.correlation_id,
                                   run_id=run_id if d.isbn in leased else None, transaction=transaction)
-        sources = sorted({s for i in leased for s in ((series[i] or {}).get("sources", []) +
-                                                      ([source] if source and merge else []))})
+        sources = sorted({s for i in leased for s in sources_of[i]})
         if leased:
             store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
                              transaction=transaction, sources=sources,
@@ -214,7 +209,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
         transaction.set(store.col("messages").document(cause.message_id), {"cause": cause.key, "at": now()})
         return decisions, leased
 
-    result = apply(store.transaction())
+    result = store.in_transaction(apply)
     if result is None:
         existing = store.get("causes", cause.key)
         finish_pending(cfg, store, existing)
@@ -250,7 +245,6 @@ def finish_pending(cfg: Settings, store: RunStore, cause: dict | None) -> None:
 
 def claim_launch(store: RunStore, run_id: str) -> bool:
     """Exactly one launcher per run, even when two deliveries race to finish it."""
-    @store._firestore.transactional
     def claim(transaction) -> bool:
         ref = store.col("runs").document(run_id)
         run = ref.get(transaction=transaction).to_dict()
@@ -259,7 +253,7 @@ def claim_launch(store: RunStore, run_id: str) -> bool:
         transaction.update(ref, {"launch_claimed": now()})
         return True
 
-    return claim(store.transaction())
+    return store.in_transaction(claim)
 
 
 def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) -> None:
@@ -292,7 +286,6 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
                       message_id=f"retry-{old_run_id}", forced=True, detail={"retry_of": old_run_id})
         run_id = f"{old_run_id}-retry"
 
-        @store._firestore.transactional
         def relaunch(transaction) -> bool:
             if store.col("runs").document(run_id).get(transaction=transaction).exists:
                 return False
@@ -304,7 +297,7 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
                              decisions={i: [f"retry of {old_run_id} after its lease expired"] for i in leased})
             return bool(leased)
 
-        if relaunch(store.transaction()) and claim_launch(store, run_id):
+        if store.in_transaction(relaunch) and claim_launch(store, run_id):
             launch_run(cfg, store, run_id, attempt=2)
             retries.append(run_id)
         if follow_ups:
