@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -58,6 +59,8 @@ class LocalLauncher:
             proc = subprocess.Popen([sys.executable, "-m", "shared.training.worker", "--request-file", str(request_file)],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
+        # Reap the job when it ends, or every finished training leaves a zombie in the function.
+        threading.Thread(target=proc.wait, daemon=True).start()
         log.info("launched local training %s (pid %d)", request["run_id"], proc.pid,
                  extra={"run_id": request["run_id"], "log": str(log_file)})
         return LaunchInfo("local", str(proc.pid), {"pid": proc.pid, "log": str(log_file), "request": str(request_file)})

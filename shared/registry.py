@@ -101,6 +101,12 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
     return previous
 
 
+def served_isbns(cfg: Settings) -> list[str]:
+    """Every ISBN with a registered model under this deployment's prefix."""
+    models = client(cfg).search_registered_models(filter_string=f"name LIKE '{cfg.model_name_prefix}%'")
+    return sorted(m.name.removeprefix(cfg.model_name_prefix) for m in models)
+
+
 def version_spec(version) -> dict | None:
     """The model structure a registered version was trained with (from its tags)."""
     raw = (version.tags or {}).get("spec") if version else None

@@ -1,11 +1,32 @@
-"""Cloud Function `rollback` (HTTP). Wired and deployed with the others; the rollback
-logic is not built yet, so it says so instead of pretending to succeed."""
+"""Cloud Function `rollback` (HTTP), called with
+`gcloud functions call rollback --region R --data '{"isbns": [...], "to": "previous", "reason": "..."}'`.
+Scopes: isbns or all=true; to: a version, previous, or last_known_good (emergency)."""
 import functions_framework
 from flask import jsonify
+from pydantic import ValidationError
+
+from shared.config import settings
+from shared.logs import configure, get_logger
+
+configure()
+log = get_logger("rollback")
 
 
 @functions_framework.http
 def rollback(request):
-    return jsonify({"error": {"code": "not_implemented",
-                              "message": "rollback is not built yet; move the alias with "
-                                         "MlflowClient.set_registered_model_alias meanwhile"}}), 501
+    from shared.rollback import RollbackRequest, rollback as roll_back
+
+    if request.method != "POST":
+        return jsonify({"error": {"code": "method_not_allowed", "message": "POST a JSON rollback request"}}), 405
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return jsonify({"error": {"code": "malformed_json", "message": "send a JSON object with Content-Type: "
+                                                                       "application/json"}}), 400
+    try:
+        parsed = RollbackRequest.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        return jsonify({"error": {"code": "invalid_request", "field": ".".join(map(str, first["loc"])) or None,
+                                  "message": first["msg"].removeprefix("Value error, ")}}), 400
+    result = roll_back(settings(), parsed, correlation_id=request.headers.get("X-Correlation-Id"))
+    return jsonify(result), 200 if result["ok"] else 409

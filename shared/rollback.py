@@ -1,0 +1,132 @@
+"""Rolling the serving alias back: one ISBN, several, or all; to a given version, to the
+previous champion, or (emergency) to the last known good version.
+
+Every call backs up the alias state first, moves aliases (never copies models), verifies
+each move by reading the alias back, and writes an audit record. A ``request_id`` makes a
+call idempotent: repeating it returns the recorded result instead of rolling back again.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared import isbn as isbn_rules
+from shared import registry
+from shared.config import Settings
+from shared.logs import get_logger
+from shared.runstore import RunStore, now
+
+log = get_logger(__name__)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    isbns: list[str] = []
+    all: bool = False
+    to: str = Field("previous", description="a version number, 'previous' or 'last_known_good'")
+    reason: str = Field(min_length=3)
+    actor: str = "unknown"
+    request_id: str | None = None
+    allow_quarantined: bool = False
+
+    @field_validator("isbns")
+    @classmethod
+    def valid(cls, values: list[str]) -> list[str]:
+        problems = [p for p in map(isbn_rules.problem, values) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return sorted({isbn_rules.normalise(v) for v in values})
+
+    @field_validator("to")
+    @classmethod
+    def target(cls, value: str) -> str:
+        if value not in ("previous", "last_known_good") and not value.isdigit():
+            raise ValueError("to must be a version number, 'previous' or 'last_known_good'")
+        return value
+
+    @model_validator(mode="after")
+    def scope(self) -> "RollbackRequest":
+        if self.all == bool(self.isbns):
+            raise ValueError("give either isbns or all=true")
+        if self.all and self.to.isdigit():
+            raise ValueError("a version number applies to one ISBN; use previous or last_known_good with all")
+        return self
+
+
+class IsbnRollback(BaseModel):
+    isbn: str
+    status: Literal["rolled_back", "unchanged", "failed"]
+    from_version: str | None = None
+    to_version: str | None = None
+    detail: str = ""
+
+
+def _versions(cfg: Settings, isbn: str) -> dict[str, dict]:
+    client = registry.client(cfg)
+    return {v.version: dict(v.tags or {}) for v in client.search_model_versions(f"name='{cfg.model_name(isbn)}'")}
+
+
+def choose_target(cfg: Settings, store: RunStore, isbn: str, current: str | None, to: str,
+                  allow_quarantined: bool) -> tuple[str | None, str]:
+    """The version to roll back to, and why (or None and why not)."""
+    versions = _versions(cfg, isbn)
+    if not versions:
+        return None, f"no registered model for {isbn}"
+    if to.isdigit():
+        if to not in versions:
+            return None, f"version {to} does not exist (versions: {', '.join(sorted(versions, key=int))})"
+        if versions[to].get("quarantined") == "true" and not allow_quarantined:
+            return None, f"version {to} is quarantined ({versions[to].get('quarantine_reason', '')}); " \
+                         "pass allow_quarantined=true to serve it anyway"
+        return to, f"version {to} as requested"
+    former = [m["to_version"] for m in store.alias_history(isbn) if m["alias"] == cfg.serving.alias]
+    older = [v for v in dict.fromkeys(reversed(former)) if current is None or int(v) < int(current)]
+    usable = [v for v in older if versions.get(v, {}).get("quarantined") != "true"]
+    if to == "previous":
+        return (usable[0], f"the champion before v{current}") if usable else (None, "no earlier champion to return to")
+    good = [v for v in usable if versions[v].get("gate") == "passed"] or \
+           [v for v in usable if versions[v].get("baseline") == "true"]
+    if good:
+        return good[0], f"last known good: v{good[0]} passed the gates when it served"
+    return None, "no earlier version that passed the gates"
+
+
+def rollback(cfg: Settings, request: RollbackRequest, store: RunStore | None = None,
+             correlation_id: str | None = None) -> dict:
+    store = store or RunStore(cfg)
+    audit_id = request.request_id or f"rollback-{uuid.uuid4().hex[:12]}"
+    done = store.get("audit", audit_id)
+    if done:
+        return {**done["result"], "replayed": True}
+    correlation_id = correlation_id or audit_id
+    isbns = request.isbns or registry.served_isbns(cfg)
+    backup = {isbn: getattr(registry.version_by_alias(cfg, isbn), "version", None) for isbn in isbns}
+    backup_id = f"{audit_id}-backup"
+    store.col("alias_backups").document(backup_id).set({"alias": cfg.serving.alias, "targets": backup, "at": now(),
+                                                        "actor": request.actor, "audit_id": audit_id})
+    outcomes = []
+    for isbn in isbns:
+        current = backup[isbn]
+        target, why = choose_target(cfg, store, isbn, current, request.to, request.allow_quarantined)
+        if target is None:
+            outcomes.append(IsbnRollback(isbn=isbn, status="failed", from_version=current, detail=why))
+            continue
+        if target == current:
+            outcomes.append(IsbnRollback(isbn=isbn, status="unchanged", from_version=current, to_version=target,
+                                         detail=f"already serving v{target}"))
+            continue
+        registry.move_alias(cfg, store, isbn, target, "rollback", f"{request.reason} ({why})", request.actor,
+                            correlation_id)
+        verified = getattr(registry.version_by_alias(cfg, isbn), "version", None)
+        status = "rolled_back" if verified == target else "failed"
+        outcomes.append(IsbnRollback(isbn=isbn, status=status, from_version=current, to_version=target,
+                                     detail=why if status == "rolled_back" else f"verification read v{verified}"))
+    result = {"audit_id": audit_id, "backup_id": backup_id, "ok": all(o.status != "failed" for o in outcomes),
+              "results": [o.model_dump() for o in outcomes]}
+    store.col("audit").document(audit_id).set({"kind": "rollback", "request": request.model_dump(), "result": result,
+                                               "actor": request.actor, "at": now(), "correlation_id": correlation_id})
+    log.warning("rollback by %s: %s", request.actor, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),
+                extra={"audit_id": audit_id, "reason": request.reason})
+    return result
