@@ -60,8 +60,12 @@ class VertexSettings(BaseModel):
 class AlertSettings(BaseModel):
     slack_webhook_url: str | None = None
     email_to: list[str] = []
+    email_from: str = "bookcast-monitor@localhost"
     smtp_host: str | None = None
+    smtp_port: int = 25
     dedup_window_minutes: int = 240
+    failed_run_lookback_hours: int = 24
+    forecast_health_url: str | None = None
 
 
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {

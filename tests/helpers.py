@@ -97,3 +97,58 @@ class TcpRelay:
                 connection.close()
             except OSError:
                 pass
+
+
+class Inbox:
+    """A Slack incoming-webhook stand-in and an SMTP server on loopback, recording what
+    the monitor really sends over HTTP and SMTP."""
+
+    def __init__(self):
+        import json
+        import socketserver
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.slack: list[dict] = []
+        self.mail: list[str] = []
+        inbox = self
+
+        class Webhook(BaseHTTPRequestHandler):
+            def do_POST(self):
+                inbox.slack.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        class Smtp(socketserver.StreamRequestHandler):
+            def handle(self):
+                self.wfile.write(b"220 inbox\r\n")
+                while line := self.rfile.readline():
+                    command = line.decode().strip().upper()
+                    if command == "DATA":
+                        self.wfile.write(b"354 go on\r\n")
+                        body = []
+                        while (data := self.rfile.readline()) not in (b".\r\n", b""):
+                            body.append(data.decode())
+                        inbox.mail.append("".join(body))
+                        self.wfile.write(b"250 queued\r\n")
+                    elif command == "QUIT":
+                        self.wfile.write(b"221 bye\r\n")
+                        return
+                    else:
+                        self.wfile.write(b"250 ok\r\n")
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+        self.smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Smtp)
+        for server in (self.http, self.smtp):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.webhook_url = f"http://127.0.0.1:{self.http.server_address[1]}/hooks/bookcast"
+        self.smtp_port = self.smtp.server_address[1]
+
+    def close(self) -> None:
+        for server in (self.http, self.smtp):
+            server.shutdown()
+            server.server_close()

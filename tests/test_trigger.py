@@ -122,7 +122,7 @@ def test_expired_lease_fails_the_run_and_retries_it_once(dry_cfg, probe, bucket)
     expire_all(store)
     tick = PubSubMessage(message_id="m1", publish_time=now(), attributes={"event_type": "schedule.tick"},
                          data=b'{"job": "monitor"}')
-    (retry,) = on_message(short_lease, tick)  # the monitor's tick reaps dead jobs
+    (retry,) = on_message(short_lease, tick)["retried"]  # the monitor's tick reaps dead jobs
     assert store.run(first.run_id)["status"] == "failed"
     assert store.run(retry)["attempt"] == 2 and store.run(retry)["retry_of"] == first.run_id
     expire_all(store)

@@ -1,0 +1,113 @@
+"""The monitor: failure events and scheduled checks become Slack and email alerts, sent
+once per dedup window however often they are raised."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from emulators.processes import stop
+from emulators.stack import Ports
+from emulators.wiring import wire
+from shared import registry
+from shared.alerting import Alert
+from shared.events import IsbnResult, PubSubMessage, RejectedInput, TrainingEvent, encode
+from shared.forecasting import models
+from shared.forecasting.models import ModelSpec
+from shared.monitoring import on_message
+from shared.pubsub import publish
+from shared.runstore import RunStore, now
+from shared.training.per_isbn import serving_forecast
+from tests.helpers import Inbox, sample
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+
+
+@pytest.fixture
+def inbox():
+    box = Inbox()
+    yield box
+    box.close()
+
+
+@pytest.fixture
+def alerting_cfg(cfg, inbox):
+    return cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={
+        "slack_webhook_url": inbox.webhook_url, "email_to": ["ops@example.com"], "smtp_host": "127.0.0.1",
+        "smtp_port": inbox.smtp_port})})
+
+
+def delivered(event, message_id: str) -> PubSubMessage:
+    data, attributes = encode(event)
+    return PubSubMessage(message_id=message_id, publish_time=now(), attributes=attributes, data=data)
+
+
+def failed_run(run_id: str = "run-1") -> TrainingEvent:
+    return TrainingEvent(correlation_id="cid-9", run_id=run_id, status="failed", isbns=["9780306406157"],
+                         reason="ValueError: boom",
+                         results=[IsbnResult(isbn="9780306406157", status="failed", reason="worker died")])
+
+
+def test_failed_run_alerts_once_on_slack_and_email(alerting_cfg, inbox):
+    first = on_message(alerting_cfg, delivered(failed_run(), "m1"))
+    again = on_message(alerting_cfg, delivered(failed_run(), "m2"))  # at-least-once delivery
+    assert first["sent"] == ["run:run-1:failed"] and again["sent"] == []
+    (post,) = inbox.slack
+    assert "Training run run-1 failed" in post["text"] and "worker died" in post["text"] and "cid-9" in post["text"]
+    (mail,) = inbox.mail
+    assert "Subject: [bookcast critical] Training run run-1 failed" in mail and "To: ops@example.com" in mail
+    state = RunStore(alerting_cfg).get("alerts", Alert("run:run-1:failed", "critical", "", "").doc_id)
+    assert state["sent"] == 1 and state["suppressed"] == 1
+
+
+def test_rejected_upload_alert_lists_the_reasons(alerting_cfg, inbox):
+    event = RejectedInput(correlation_id="c", bucket="b", object_name="sales/x.csv", generation="7",
+                          reasons=["sales/x.csv:3: units: negative value -2"])
+    assert on_message(alerting_cfg, delivered(event, "m1"))["sent"]
+    assert "units: negative value -2" in inbox.slack[0]["text"]
+
+
+def test_tick_checks_models_health_and_dead_jobs(alerting_cfg, inbox, probe):
+    store = RunStore(alerting_cfg)
+    frame = sample(1, years=2)
+    isbn = frame["isbn"].iloc[0]
+    store.col("series").document(isbn).set({"isbn": isbn, "weeks": {}, "sources": []})
+    store.col("series").document("9780306406157").set({"isbn": "9780306406157", "weeks": {}, "sources": []})
+    fitted = models.fit(frame["units"].to_numpy(float), frame["week"].iloc[0], ModelSpec(kind="seasonal_naive")).to_dict()
+    version = registry.register(alerting_cfg, isbn, fitted, serving_forecast(fitted), params={},
+                                metrics={"rmse": 250.0, "mape": 0.2}, tags={"baseline": "true"}).version
+    registry.move_alias(alerting_cfg, store, isbn, version, "baseline", "test", "pytest", "c", publish=False)
+    strict = alerting_cfg.model_copy(update={"decision": alerting_cfg.decision.model_copy(
+        update={"max_model_age_days": -1})})
+    tick = PubSubMessage(message_id="t1", publish_time=now(), attributes={"event_type": "schedule.tick"},
+                         data=b'{"job": "monitor"}')
+    result = on_message(strict, tick)
+    assert set(result["sent"]) == {f"stale:{isbn}:{version}", f"baseline:{isbn}:{version}",
+                                   f"thresholds:{isbn}:{version}", "unserved:9780306406157"}
+    texts = " ".join(p["text"] for p in inbox.slack)
+    assert "RMSE 250.0" in texts and "seasonal-naive baseline" in texts
+    assert on_message(strict, tick.model_copy(update={"message_id": "t2"}))["sent"] == []
+
+    unreachable = strict.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
+    assert on_message(unreachable, tick.model_copy(update={"message_id": "t3"}))["sent"] == ["health:mlflow"]
+
+
+def test_monitor_function_receives_failures_pushed_by_pubsub(cloud, alerting_cfg, inbox):
+    ports = Ports.free().functions
+    alerts = alerting_cfg.alerts
+    proc = cloud.start_function("monitor", project=alerting_cfg.project_id, port=ports["monitor"], extra_env={
+        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerts.slack_webhook_url,
+        "BOOKCAST_MODEL_NAME_PREFIX": alerting_cfg.model_name_prefix})
+    try:
+        wire(cloud.topology, alerting_cfg.project_id, cloud.ports, function_ports=ports, buckets=False,
+             only_functions={"monitor"})
+        publish(alerting_cfg, "training-events", failed_run("run-pushed"))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not inbox.slack:
+            time.sleep(0.2)
+        assert inbox.slack and "run-pushed" in inbox.slack[0]["text"]
+        log = [json.loads(line) for line in open(proc.log) if line.startswith("{")]
+        assert any(e.get("correlation_id") == "cid-9" and e["message"].startswith("ALERT critical") for e in log)
+    finally:
+        stop(proc)
