@@ -140,6 +140,9 @@ class Stack:
         if fn.kind == "event":
             command += ["--signature-type", "cloudevent"]
         env = {**self.client_env(project), "K_SERVICE": name, **(extra_env or {})}
+        if name == "monitor":
+            env.setdefault("BOOKCAST_ALERTS__FORECAST_HEALTH_URL",
+                           f"http://127.0.0.1:{self.ports.functions['forecast']}/health")
         proc = spawn(f"function-{name}" if project in (None, self.project) else f"function-{name}-{project}",
                      command, port, self.log_dir, env=env, cwd=str(ROOT))
         # Any HTTP answer means the server is up (event functions answer GET with an error).
