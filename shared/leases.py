@@ -19,9 +19,7 @@ COLLECTION = "leases"
 
 def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | None]:
     """The current leases (Firestore transactions read everything before writing)."""
-    refs = {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns}
-    return {isbn: (snap.to_dict() if (snap := ref.get(transaction=transaction)).exists else None)
-            for isbn, ref in refs.items()}
+    return store.read_many(transaction, {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns})
 
 
 def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: list[str], run_id: str,

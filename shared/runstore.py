@@ -43,6 +43,15 @@ class RunStore:
         The emulator resolves each conflict in ~2 s; the client's default 5 attempts is too few."""
         return self._firestore.transactional(work)(self.db.transaction(max_attempts=attempts))
 
+    def read_many(self, transaction, refs: dict[str, Any]) -> dict[str, dict | None]:
+        """Several documents in one round trip (inside a transaction, before any write)."""
+        by_path = {ref.path: key for key, ref in refs.items()}
+        found = {key: None for key in refs}
+        for snap in self.db.get_all(list(refs.values()), transaction=transaction):
+            if snap.exists:
+                found[by_path[snap.reference.path]] = snap.to_dict()
+        return found
+
     # --- runs -------------------------------------------------------------------------------
     def create_run(self, isbns: list[str], cause: dict, correlation_id: str, launcher: str,
                    run_id: str | None = None, transaction=None, **fields: Any) -> str:

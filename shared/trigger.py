@@ -169,8 +169,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
         if cause_ref.get(transaction=transaction).exists:
             return None
         series_refs = {i: store.col("series").document(i) for i in isbns}
-        series = {i: (s.to_dict() if (s := ref.get(transaction=transaction)).exists else None)
-                  for i, ref in series_refs.items()}
+        series = store.read_many(transaction, series_refs)
         held = leases.read(store, transaction, isbns)
         decisions, sources_of = [], {}
         for isbn in isbns:
