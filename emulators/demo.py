@@ -26,6 +26,7 @@ class LogFollower:
         self.offsets: dict[Path, int] = {p: p.stat().st_size for p in log_dir.glob("*.log")}
 
     def poll(self) -> None:
+        entries = []
         for path in sorted(self.log_dir.glob("*.log")):
             offset = self.offsets.get(path, 0)
             with open(path, "rb") as log:
@@ -41,10 +42,10 @@ class LogFollower:
                 except ValueError:
                     continue
                 if entry.get("correlation_id") == self.correlation_id and entry.get("severity") != "DEBUG":
-                    component = path.stem.removeprefix("function-")
-                    colour = {"WARNING": "yellow", "ERROR": "red"}.get(entry["severity"], "cyan")
-                    self.console.print(f"[dim]{entry['time'][11:23]}[/] [{colour}]{component:>17}[/] {entry['message']}",
-                                       highlight=False)
+                    entries.append((entry["time"], path.stem.removeprefix("function-"), entry))
+        for at, component, entry in sorted(entries, key=lambda e: e[0]):
+            colour = {"WARNING": "yellow", "ERROR": "red"}.get(entry["severity"], "cyan")
+            self.console.print(f"[dim]{at[11:23]}[/] [{colour}]{component:>17}[/] {entry['message']}", highlight=False)
 
 
 def upload(stack: Stack, name: str, correlation_id: str) -> None:

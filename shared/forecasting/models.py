@@ -37,8 +37,8 @@ class ModelSpec:
         if self.kind == "seasonal_naive":
             return "seasonal naive"
         seasonal = f"x{self.seasonal_order}" if any(self.seasonal_order) else ""
-        holiday = " + Christmas peak" if self.holiday else ""
-        return f"ARIMA({self.p},{self.d},{self.q}){seasonal} + {self.fourier} Fourier pairs{holiday}, {self.transform}"
+        terms = ([f"{self.fourier} Fourier pairs"] if self.fourier else []) + (["Christmas peak"] if self.holiday else [])
+        return f"ARIMA({self.p},{self.d},{self.q}){seasonal}" + "".join(f" + {t}" for t in terms) + f", {self.transform}"
 
 
 @dataclass
