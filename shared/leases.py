@@ -62,6 +62,45 @@ def release_all(store: RunStore, run_id: str, request_follow_ups: bool = True) -
     return follow_ups
 
 
+def extend(store: RunStore, run_id: str, ttl_seconds: int) -> int:
+    """Push the run's lease expiry forward: the heartbeat of a training job that is alive."""
+    from google.cloud import firestore
+
+    held = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id)).stream()
+    count = 0
+    for snap in held:
+        snap.reference.update({"expires_at": expires(ttl_seconds)})
+        count += 1
+    return count
+
+
+class Heartbeat:
+    """Extends a running job's leases every third of their TTL until stopped, so only a job
+    that really died lets its leases expire."""
+
+    def __init__(self, store: RunStore, run_id: str, ttl_seconds: int):
+        import threading
+
+        self.store, self.run_id, self.ttl = store, run_id, ttl_seconds
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.ttl / 3):
+            try:
+                extend(self.store, self.run_id, self.ttl)
+            except Exception:  # a missed beat is retried; the TTL leaves room for two more
+                log.exception("lease heartbeat for %s failed", self.run_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+
 def request_follow_up(store: RunStore, run_id: str, follow_ups: dict[str, list[dict]]) -> None:
     from shared.events import TrainingRequest
     from shared.pubsub import publish

@@ -151,3 +151,16 @@ def test_scheduled_tick_decides_for_every_known_isbn_once(dry_cfg, probe, bucket
     # Cloud Scheduler may deliver one tick twice: the tick time is the idempotency key.
     assert handle(dry_cfg, tick.model_copy(update={"message_id": "again"})).status == "duplicate"
     assert len(RunStore(dry_cfg).runs()) == 1
+
+
+def test_a_living_job_keeps_its_lease(dry_cfg, probe, bucket):
+    from shared.leases import Heartbeat
+
+    short = dry_cfg.model_copy(update={"training": dry_cfg.training.model_copy(update={"lease_ttl_seconds": 3})})
+    upload(short, "e.csv", sample(1, years=2, seed=6))
+    outcome = handle(short, notifications(probe, 1)[0])
+    store = RunStore(short)
+    with Heartbeat(store, outcome.run_id, 3):
+        time.sleep(4)  # longer than the TTL
+        assert reap_expired_leases(short, store) == []
+    assert store.run(outcome.run_id)["status"] == "queued"

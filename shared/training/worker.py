@@ -32,9 +32,11 @@ def execute(request: dict) -> dict:
                                                       launcher=request.get("launcher", "local")))
         log.info("training run %s started", run_id, extra={"run_id": run_id, "isbns": request.get("isbns")})
         try:
+            from shared.leases import Heartbeat
             from shared.training import pipeline
 
-            summary = pipeline.run(request)
+            with Heartbeat(store, run_id, cfg.training.lease_ttl_seconds):
+                summary = pipeline.run(request)
         except Exception as error:
             log.exception("training run %s failed", run_id, extra={"run_id": run_id})
             store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
