@@ -150,7 +150,13 @@ class PubSubMessage(BaseModel):
     def correlation_id(self) -> str | None:
         if "correlation_id" in self.attributes:
             return self.attributes["correlation_id"]
-        return self.gcs_object().correlation_id if self.is_gcs_notification else None
+        if self.is_gcs_notification:
+            return self.gcs_object().correlation_id
+        try:  # a hand-published event may carry its correlation id only in the payload
+            payload = self.payload()
+        except ValueError:
+            return None
+        return payload.get("correlation_id") if isinstance(payload, dict) else None
 
     def event(self) -> Event:
         return _OUR_EVENT.validate_python(self.payload())

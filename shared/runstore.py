@@ -45,6 +45,8 @@ class RunStore:
 
     def read_many(self, transaction, refs: dict[str, Any]) -> dict[str, dict | None]:
         """Several documents in one round trip (inside a transaction, before any write)."""
+        if not refs:  # the emulator answers an empty batch get with an error
+            return {}
         by_path = {ref.path: key for key, ref in refs.items()}
         found = {key: None for key in refs}
         for snap in self.db.get_all(list(refs.values()), transaction=transaction):

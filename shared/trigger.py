@@ -54,7 +54,7 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
         return Outcome("duplicate", f"message {message.message_id} was already handled")
     if message.is_gcs_notification:
         return handle_upload(cfg, store, message)
-    event_type = message.attributes.get("event_type")
+    event_type = message.attributes.get("event_type") or _payload_type(message)
     if event_type == "schedule.tick":
         job = (message.payload() or {}).get("job", "unknown")
         cause = Cause(key=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", kind="schedule",
@@ -69,6 +69,16 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
         return handle_isbns(cfg, store, cause, isbns=request.isbns or None)
     log.warning("ignored a message of unknown type %r", event_type, extra={"attributes": message.attributes})
     return Outcome("ignored", f"unknown event type {event_type!r}")
+
+
+def _payload_type(message: PubSubMessage) -> str | None:
+    """Hand-published messages (`gcloud pubsub topics publish`) often carry no attributes;
+    our events also name their type in the payload."""
+    try:
+        payload = message.payload()
+    except ValueError:
+        return None
+    return payload.get("event_type") if isinstance(payload, dict) else None
 
 
 # --- uploads ----------------------------------------------------------------------------------

@@ -95,3 +95,30 @@ def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(only_gcloud))
     with pytest.raises(StartupError, match="Java is missing"):
         Stack(tmp_path, ports=Ports.free()).start_firestore()
+
+
+def test_messages_without_attributes_reach_the_function_once(cloud, project):
+    """Pub/Sub push of a message with no attributes (as `gcloud pubsub topics publish` sends
+    by default): functions-framework still delivers it, it is handled and acknowledged,
+    and it is neither redelivered nor dead-lettered."""
+    from emulators.wiring import create_topics, wire
+
+    create_topics(cloud.topology, project)
+    ports = Ports.free().functions
+    function = cloud.start_function("trigger-training", project=project, port=ports["trigger-training"])
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        dead = subscriber.subscription_path(project, "dead-probe")
+        subscriber.create_subscription(name=dead, topic=publisher.topic_path(project, "dead-letters"))
+        wire(cloud.topology, project, cloud.ports, function_ports=ports, buckets=False,
+             only_functions={"trigger-training"})
+        publisher.publish(publisher.topic_path(project, "training-requests"),
+                          b'{"event_type": "training.requested", "correlation_id": "by-hand", "isbns": []}').result()
+        outcome = wait_for_log(function.log, lambda e: e.get("outcome") is not None)
+        assert outcome["outcome"] == "accepted" and outcome["correlation_id"] == "by-hand"
+        time.sleep(3)
+        received = [line for line in open(function.log) if '"message": "received' in line]
+        assert len(received) == 1 and '"attributes": {}' in received[0]
+        assert not subscriber.pull(subscription=dead, max_messages=1, timeout=3).received_messages
+    finally:
+        stop(function)
