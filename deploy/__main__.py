@@ -11,8 +11,7 @@ push into a CloudEvent.
 
 Also needed once per project, outside this script: the Pub/Sub service agent
 (service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) must be allowed to publish to
-the dead-letter topic and to subscribe to each subscription, and the trainer image for the
-Vertex launcher must be built and pushed to the configured Artifact Registry path.
+the dead-letter topic and to subscribe to each subscription.
 """
 from __future__ import annotations
 
@@ -57,6 +56,9 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
         g + ["iam", "service-accounts", "create", "bookcast-invoker", "--display-name=bookcast push invoker"],
         g + ["iam", "service-accounts", "create", "bookcast-runtime", "--display-name=bookcast functions"],
     ]
+    image = f"{region}-docker.pkg.dev/{project}/bookcast/trainer:latest"
+    out += [g + ["artifacts", "repositories", "create", "bookcast", "--repository-format=docker", f"--location={region}"],
+            g + ["builds", "submit", str(ROOT), f"--tag={image}"]]
     out += [g + ["pubsub", "topics", "create", t.name] for t in topology.topics]
     for bucket in topology.buckets:
         out.append(g + ["storage", "buckets", "create", f"gs://{project}-{bucket.name}", f"--location={region}",
@@ -68,7 +70,8 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
                             *([f"--object-prefix={n.object_prefix}"] if n.object_prefix else [])])
     for fn in topology.functions:
         source = stage(build_dir, fn.source) if stage_sources else build_dir / Path(fn.source).name
-        env = {"BOOKCAST_PROFILE": "production", "BOOKCAST_PROJECT_ID": project,
+        env = {"BOOKCAST_PROFILE": "production", "BOOKCAST_PROJECT_ID": project, "BOOKCAST_VERTEX__PROJECT": project,
+               "BOOKCAST_VERTEX__REGION": region, "BOOKCAST_VERTEX__IMAGE": image,
                "BOOKCAST_DATA_BUCKET": f"{project}-{topology.buckets[0].name}", "BOOKCAST_MLFLOW_TRACKING_URI": mlflow_uri}
         out.append(g + ["functions", "deploy", fn.name, "--gen2", "--runtime=python311", f"--region={region}",
                         f"--source={source}", f"--entry-point={fn.entry_point}", "--trigger-http",

@@ -112,15 +112,42 @@ def cmd_decisions(args, cfg) -> int:
 
 def cmd_upload(args, cfg) -> int:
     from shared.gcs import storage_client
+    from shared.sales import UploadRejected, UploadRules, parse_upload
 
     path = Path(args.file)
     name = f"{cfg.upload_prefix}{args.name or path.name}"
+    if not args.no_check:  # the same rules the pipeline applies: fix the file before it is sent
+        try:
+            rows = parse_upload(name, path.read_bytes(), UploadRules(cfg.upload_prefix, cfg.training.max_upload_bytes))
+        except UploadRejected as rejected:
+            console.print(f"[red]{path} would be rejected; nothing was uploaded:[/]")
+            for reason in rejected.reasons:
+                console.print(f"  {reason}", highlight=False)
+            return 2
+        console.print(f"{path}: {len(rows)} valid rows for {rows['isbn'].nunique()} ISBNs")
     blob = storage_client(cfg.project_id).bucket(args.bucket or cfg.data_bucket).blob(name)
     correlation_id = args.correlation_id or f"upload-{uuid.uuid4().hex[:12]}"
     blob.metadata = {"correlation_id": correlation_id}
     blob.upload_from_filename(str(path), content_type="text/csv" if path.suffix == ".csv" else None)
     console.print(f"uploaded gs://{blob.bucket.name}/{name} generation {blob.generation} "
                   f"(correlation id {correlation_id})")
+    return 0
+
+
+def cmd_uploads(args, cfg) -> int:
+    causes = sorted((c for c in _store(cfg).stream("causes") if c.get("kind") == "upload"),
+                    key=lambda c: c["received_at"], reverse=True)[: args.limit]
+    table = Table(title="uploads")
+    for column in ("received", "object", "generation", "status", "decisions / reasons", "run"):
+        table.add_column(column, overflow="fold")
+    for c in causes:
+        if c["status"] == "rejected":
+            detail = "[red]" + "\n".join(c["reasons"][:5]) + (f"\n… {len(c['reasons']) - 5} more" if len(c["reasons"]) > 5 else "") + "[/]"
+        else:
+            detail = ", ".join(f"{n} {a}" for a, n in (c.get("summary") or {}).items() if n)
+        table.add_row(f"{c['received_at']:%Y-%m-%d %H:%M:%S}", c["object"], c["generation"], c["status"], detail,
+                      c.get("run_id") or "-")
+    console.print(table)
     return 0
 
 
@@ -170,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--name", help="object name under the upload prefix (default: file name)")
     upload.add_argument("--bucket")
     upload.add_argument("--correlation-id")
+    upload.add_argument("--no-check", action="store_true", help="send without validating locally first")
     upload.set_defaults(handler=cmd_upload)
+    uploads = sub.add_parser("uploads", help="list received uploads: accepted (with decisions) or rejected (why)")
+    uploads.add_argument("--limit", type=int, default=30)
+    uploads.set_defaults(handler=cmd_uploads)
     sample = sub.add_parser("sample", help="generate realistic weekly sales")
     sample.add_argument("--isbns", type=int, default=12)
     sample.add_argument("--years", type=float, default=4)
@@ -185,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases") else "INFO")
+    configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload") else "INFO")
     return args.handler(args, load_settings(args.profile))
 
 

@@ -2,6 +2,9 @@
 new champions; identical data trains nothing; a changed ISBN retrains alone."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -61,3 +64,13 @@ def test_uploads_drive_decisions_runs_and_champions(cfg, probe, trigger_function
     reasons = second["decisions"][changed_isbn]
     assert reasons == [f"data changed since v{champions[changed_isbn].version} was trained: history revised"]
     assert model_store.resolve(cfg, isbns[1]).version == champions[isbns[1]].version
+
+    # What an operator sees with the CLI.
+    env = {**os.environ, "BOOKCAST_PROJECT_ID": cfg.project_id}
+    runs = subprocess.run([sys.executable, "-m", "shared.cli", "runs"], capture_output=True, text=True, env=env)
+    assert run["run_id"] in runs.stdout and second["run_id"] in runs.stdout and "succeeded" in runs.stdout
+    uploads = subprocess.run([sys.executable, "-m", "shared.cli", "uploads"], capture_output=True, text=True, env=env)
+    assert "sales/2026-w47-resent.csv" in uploads.stdout and "2 skip" in uploads.stdout
+    decisions = subprocess.run([sys.executable, "-m", "shared.cli", "decisions", "--isbn", changed_isbn],
+                               capture_output=True, text=True, env=env)
+    assert "history revised" in decisions.stdout and "no model yet" in decisions.stdout

@@ -86,3 +86,13 @@ def test_later_uploads_override_week_by_week_and_hash_ignores_file_order():
     assert merged["units"].tolist() == [1, 7]
     assert series_hash(weeks_of(merged)) == series_hash(weeks_of(merged.iloc[::-1]))
     assert series_hash(weeks_of(merged)) != series_hash(weeks_of(first))
+
+
+def test_cli_refuses_to_upload_a_bad_file_and_says_why(tmp_path, capsys):
+    from shared.cli import main
+
+    bad = tmp_path / "w47.csv"
+    bad.write_text("isbn,week,units\n9780306406157,2026-11-16,-4\n")
+    assert main(["upload", str(bad)]) == 2
+    out = capsys.readouterr().out
+    assert "nothing was uploaded" in out and "sales/w47.csv:2: units: negative value -4" in out
