@@ -31,13 +31,20 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
                       f"after every retry from {source}; attributes {message.attributes}", cid)]
     event = message.payload() if message.data else {}
     kind = message.attributes.get("event_type")
-    if kind == "training.status" and event.get("status") in ("failed", "quarantined"):
-        severity = "critical" if event["status"] == "failed" else "warning"
-        lines = [f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in event.get("results", [])
-                 if r["status"] != "promoted"]
-        return [Alert(f"run:{event['run_id']}:{event['status']}", severity,
-                      f"Training run {event['run_id']} {event['status']}",
-                      "\n".join([event.get("reason", "")] + lines).strip(), cid)]
+    if kind == "training.status":
+        failed = [r for r in event.get("results", []) if r["status"] in ("failed", "refused")]
+        if event.get("status") in ("failed", "quarantined"):
+            severity = "critical" if event["status"] == "failed" else "warning"
+            lines = [f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in event.get("results", [])
+                     if r["status"] != "promoted"]
+            return [Alert(f"run:{event['run_id']}:{event['status']}", severity,
+                          f"Training run {event['run_id']} {event['status']}",
+                          "\n".join([event.get("reason", "")] + lines).strip(), cid)]
+        if event.get("status") == "succeeded" and failed:
+            # A run succeeds when any ISBN is servable; the ones that failed still need eyes.
+            return [Alert(f"run:{event['run_id']}:partial", "warning",
+                          f"Training run {event['run_id']}: {len(failed)} ISBN(s) not trained",
+                          "\n".join(f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in failed), cid)]
     if kind == "input.rejected":
         return [Alert(f"rejected:{event['bucket']}/{event['object_name']}#{event['generation']}", "warning",
                       f"Upload rejected: {event['object_name']}", "\n".join(event["reasons"][:20]), cid)]

@@ -61,6 +61,14 @@ def test_failed_run_alerts_once_on_slack_and_email(alerting_cfg, inbox):
     assert state["sent"] == 1 and state["suppressed"] == 1
 
 
+def test_partly_failed_run_is_reported(alerting_cfg, inbox):
+    event = TrainingEvent(correlation_id="c", run_id="run-2", status="succeeded", isbns=["a", "b"],
+                          results=[IsbnResult(isbn="a", status="promoted"),
+                                   IsbnResult(isbn="b", status="refused", reason="only 12 weeks of history")])
+    assert on_message(alerting_cfg, delivered(event, "m1"))["sent"] == ["run:run-2:partial"]
+    assert "b: refused only 12 weeks of history" in inbox.slack[0]["text"]
+
+
 def test_rejected_upload_alert_lists_the_reasons(alerting_cfg, inbox):
     event = RejectedInput(correlation_id="c", bucket="b", object_name="sales/x.csv", generation="7",
                           reasons=["sales/x.csv:3: units: negative value -2"])
