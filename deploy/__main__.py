@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.topology import Topology, load
+from shared.topology import Function, Topology, load
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,15 +32,23 @@ def function_url(project: str, region: str, name: str) -> str:
     return f"https://{region}-{project}.cloudfunctions.net/{name}"
 
 
-def stage(build_dir: Path, source: str) -> Path:
-    """A function's deployable source: its main.py, the shared/ library and the lock."""
-    target = build_dir / Path(source).name
+def stage(build_dir: Path, fn: Function) -> Path:
+    """A function's deployable source: its main.py, the shared/ library, and requirements
+    pinned to the lock's versions but limited to what the function imports."""
+    target = build_dir / Path(fn.source).name
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy(ROOT / source / "main.py", target / "main.py")
+    shutil.copy(ROOT / fn.source / "main.py", target / "main.py")
     shutil.copytree(ROOT / "shared", target / "shared", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "requirements.lock", target / "requirements.txt")
+    if not fn.packages:
+        shutil.copy(ROOT / "requirements.lock", target / "requirements.txt")
+        return target
+    (target / "requirements.in").write_text("\n".join(fn.packages) + "\n")
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    subprocess.run([uv, "pip", "compile", str(target / "requirements.in"), "-c", str(ROOT / "requirements.lock"),
+                    "--python-version", "3.11", "--quiet", "--no-header", "-o", str(target / "requirements.txt")],
+                   check=True)
     return target
 
 
@@ -69,7 +77,7 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
                             *[f"--event-types={e}" for e in n.event_types],
                             *([f"--object-prefix={n.object_prefix}"] if n.object_prefix else [])])
     for fn in topology.functions:
-        source = stage(build_dir, fn.source) if stage_sources else build_dir / Path(fn.source).name
+        source = stage(build_dir, fn) if stage_sources else build_dir / Path(fn.source).name
         env = {"BOOKCAST_PROFILE": "production", "BOOKCAST_PROJECT_ID": project, "BOOKCAST_VERTEX__PROJECT": project,
                "BOOKCAST_VERTEX__REGION": region, "BOOKCAST_VERTEX__IMAGE": image,
                "BOOKCAST_DATA_BUCKET": f"{project}-{topology.buckets[0].name}", "BOOKCAST_MLFLOW_TRACKING_URI": mlflow_uri}

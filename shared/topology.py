@@ -37,6 +37,7 @@ class Function(Strict):
     kind: Literal["event", "http"]
     memory: str = "512Mi"
     timeout_seconds: int = 60
+    packages: list[str] = []
 
 
 class Defaults(Strict):

@@ -1,7 +1,16 @@
 """The cloud deploy builds from the same topology as the local cloud."""
 from __future__ import annotations
 
-from deploy.__main__ import commands
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+from deploy.__main__ import ROOT, commands
+from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
 from shared.topology import load
 
 
@@ -22,7 +31,11 @@ def test_deploy_creates_the_topology_the_emulators_build(tmp_path):
     for fn in topology.functions:
         staged = tmp_path / fn.source.split("/")[-1]
         assert (staged / "main.py").exists() and (staged / "shared" / "serving.py").exists()
-        assert (staged / "requirements.txt").read_text().count("==") > 50
+        pinned = {line.split("==")[0]: line for line in (staged / "requirements.txt").read_text().splitlines()
+                  if "==" in line}
+        locked = {line.split("==")[0]: line for line in (ROOT / "requirements.lock").read_text().splitlines()
+                  if "==" in line}
+        assert "functions-framework" in pinned and all(locked[name] == line for name, line in pinned.items())
     image = "europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:latest"
     assert any(c[2:4] == ["builds", "submit"] and f"--tag={image}" in c for c in lines)
     assert all(f"BOOKCAST_VERTEX__IMAGE={image}" in " ".join(c) for c in deploys)
@@ -31,3 +44,55 @@ def test_deploy_creates_the_topology_the_emulators_build(tmp_path):
     assert any("--field-config=field-path=status,order=ascending" in t for t in text)
     assert any("notifications create gs://bookcast-prod-bookcast-uploads" in t and "--object-prefix=sales/" in t
                for t in text)
+
+
+LAZY_IMPORTS = {  # what each function imports while handling requests, beyond main.py's imports
+    "trigger_training": "shared.trigger, shared.launch, shared.training.flow, google.cloud.aiplatform_v1.types",
+    "monitor": "shared.monitoring, shared.alerting, shared.trigger, shared.launch",
+    "forecast": "shared.serving, shared.plots, matplotlib.pyplot",
+    "rollback": "shared.rollback, shared.registry, mlflow",
+}
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> Path:
+    build = tmp_path_factory.mktemp("deploy")
+    commands(load(), "bookcast-prod", "europe-west1", build, "https://mlflow.example")
+    return build
+
+
+def minimal_env(staged: Path, name: str) -> Path:
+    uv = str(Path(sys.executable).parent / "uv")
+    venv = staged / f"venv-{name}"
+    if venv.exists():
+        return venv
+    subprocess.run([uv, "venv", "-q", str(venv), "--python", sys.executable], check=True)
+    subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), "-r",
+                    str(staged / name / "requirements.txt")], check=True)
+    return venv
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_IMPORTS))
+def test_each_function_imports_everything_it_uses_from_its_own_requirements(staged, name):
+    requirements = (staged / name / "requirements.txt").read_text()
+    assert "zenml==" not in requirements and "statsforecast==" not in requirements
+    venv = minimal_env(staged, name)
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", f"import main, {LAZY_IMPORTS[name]}"],
+                            cwd=staged / name, capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "BOOKCAST_PROFILE": "production"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_staged_forecast_serves_from_its_minimal_environment(staged):
+    venv = minimal_env(staged, "forecast")
+    port = free_port()
+    proc = spawn("staged-forecast", [str(venv / "bin" / "functions-framework"), "--source", "main.py", "--target",
+                                     "forecast", "--port", str(port), "--host", "127.0.0.1"], port, staged,
+                 env={"BOOKCAST_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}, cwd=str(staged / "forecast"))
+    try:
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/health"), timeout=60)
+        bad = requests.get(f"http://127.0.0.1:{port}/", params={"isbn": "123"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_isbns"
+        assert requests.get(f"http://127.0.0.1:{port}/", params={"isbn": "9780306406157"}).status_code == 503
+    finally:
+        stop(proc)
