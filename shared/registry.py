@@ -58,7 +58,7 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
     mlflow.set_experiment(EXPERIMENT)
     name = cfg.model_name(isbn)
     with mlflow.start_run(run_name=f"{isbn}-{tags.get('pipeline_run_id', '')}") as run:
-        mlflow.log_params({k: v for k, v in params.items()})
+        mlflow.log_params(params)
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")})
         mlflow.set_tags(tags)
         if study:

@@ -33,6 +33,11 @@ class ModelSpec:
     holiday: bool = False         # a Christmas-peak regressor: too sharp for a few Fourier pairs
     seasonal_order: tuple[int, int, int, int] = (0, 0, 0, 0)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        """From JSON, where the seasonal order arrives as a list."""
+        return cls(**{**data, "seasonal_order": tuple(data.get("seasonal_order", (0, 0, 0, 0)))})
+
     def label(self) -> str:
         if self.kind == "seasonal_naive":
             return "seasonal naive"
@@ -108,9 +113,7 @@ class FittedModel:
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedModel":
-        spec = data["spec"]
-        spec = ModelSpec(**{**spec, "seasonal_order": tuple(spec.get("seasonal_order", (0, 0, 0, 0)))})
-        return cls(spec=spec, start=date.fromisoformat(data["start"]), n_obs=data["n_obs"],
+        return cls(spec=ModelSpec.from_dict(data["spec"]), start=date.fromisoformat(data["start"]), n_obs=data["n_obs"],
                    params=list(data["params"]), history=list(data["history"]))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -121,6 +122,21 @@ def champion_specs(cfg: Settings, isbns: list[str]) -> dict[str, dict | None]:
     return specs
 
 
+@contextmanager
+def single_threaded_blas():
+    """One BLAS thread per worker process, so two workers do not fight over two cores."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def train_all(request: dict, series: dict[str, dict]) -> list[dict]:
     """Tune, fit and evaluate every ISBN in parallel worker processes, showing progress."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -132,29 +148,23 @@ def train_all(request: dict, series: dict[str, dict]) -> list[dict]:
     candidates: list[Candidate] = []
     progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
-    # spawn, not fork: the parent holds gRPC channels that do not survive a fork;
-    # one thread per worker keeps two processes from fighting over BLAS threads.
-    env_threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    os.environ.update({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
-    try:
-        with progress, ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=get_context("spawn"),
-                                           max_tasks_per_child=20) as pool:
-            task = progress.add_task("", total=len(jobs))
-            futures = {pool.submit(_train_one, job): job[0] for job in jobs}
-            for done, future in enumerate(as_completed(futures), 1):
-                isbn = futures[future]
-                try:
-                    candidate = future.result()
-                except Exception as error:  # a worker crash (e.g. killed for memory) is that ISBN's failure
-                    candidate = Candidate(isbn=isbn, status="failed", reason=f"worker died: {error!r}")
-                candidates.append(candidate)
-                progress.update(task, advance=1, description=f"{isbn} {candidate.status}")
-                log.info("trained %d/%d: %s %s", done, len(jobs), isbn, candidate.status,
-                         extra={"isbn": isbn, "status": candidate.status, "seconds": round(candidate.seconds, 2),
-                                "reason": candidate.reason, "progress": f"{done}/{len(jobs)}"})
-    finally:
-        for key, value in env_threads.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+    # spawn, not fork: the parent holds gRPC channels that do not survive a fork.
+    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=get_context("spawn"),
+                               max_tasks_per_child=20)
+    with single_threaded_blas(), progress, pool:
+        task = progress.add_task("", total=len(jobs))
+        futures = {pool.submit(_train_one, job): job[0] for job in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            isbn = futures[future]
+            try:
+                candidate = future.result()
+            except Exception as error:  # a worker crash (e.g. killed for memory) is that ISBN's failure
+                candidate = Candidate(isbn=isbn, status="failed", reason=f"worker died: {error!r}")
+            candidates.append(candidate)
+            progress.update(task, advance=1, description=f"{isbn} {candidate.status}")
+            log.info("trained %d/%d: %s %s", done, len(jobs), isbn, candidate.status,
+                     extra={"isbn": isbn, "status": candidate.status, "seconds": round(candidate.seconds, 2),
+                            "reason": candidate.reason, "progress": f"{done}/{len(jobs)}"})
     return [asdict(c) for c in sorted(candidates, key=lambda c: c.isbn)]
 
 
@@ -193,11 +203,11 @@ def gate_and_register(request: dict, candidates: list[dict], series: dict[str, d
         metrics = {**candidate.metrics, **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
                                            if k in ("rmse", "mape", "smape")},
                    **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("rmse", "mase")}}
-        title = f"{candidate.isbn}: {ModelSpec(**{**candidate.spec, 'seasonal_order': tuple(candidate.spec['seasonal_order'])}).label()}"
+        title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
         registration = registry.register(
             cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
             params={**candidate.spec, "trials": cfg.training.trials, "holdout_weeks": candidate.holdout_weeks},
-            metrics=metrics, study={k: v for k, v in candidate.study.items()},
+            metrics=metrics, study=candidate.study,
             figure=_figure(candidate, title),
             tags={**lineage, "spec": json.dumps(candidate.spec), "kind": "candidate",
                   "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),

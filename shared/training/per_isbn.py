@@ -80,8 +80,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         champion_metrics = {}
         if champion_spec:
             # The champion's structure refitted on the same window: the fair comparison.
-            champion = ModelSpec(**{**champion_spec, "seasonal_order": tuple(champion_spec.get("seasonal_order", (0, 0, 0, 0)))})
-            champion_metrics, _ = evaluate(champion, y, start, cut)
+            champion_metrics, _ = evaluate(ModelSpec.from_dict(champion_spec), y, start, cut)
         final = models.fit(y, start, spec)
         models.forecast(final, SERVING_HORIZON)  # proves the final model forecasts before it is registered
         candidate.status = "trained"
