@@ -125,6 +125,14 @@ class RunStore:
         query = self.col("alias_history").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
         return sorted((d.to_dict() for d in query.stream()), key=lambda d: d["at"])
 
+    def by_correlation(self, correlation_id: str) -> dict[str, list[dict]]:
+        """Everything recorded for one correlation id, per collection."""
+        found = {}
+        for collection in ("causes", "decisions", "runs", "alias_history"):
+            query = self.col(collection).where(filter=self._firestore.FieldFilter("correlation_id", "==", correlation_id))
+            found[collection] = [d.to_dict() for d in query.stream()]
+        return found
+
     # --- generic helpers --------------------------------------------------------------------
     def get(self, collection: str, key: str) -> dict | None:
         snap = self.col(collection).document(key).get()

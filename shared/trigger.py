@@ -33,6 +33,7 @@ class Cause:
     message_id: str
     forced: bool = False
     detail: dict = field(default_factory=dict)
+    received_at: datetime = field(default_factory=now)
 
     def as_dict(self) -> dict:
         return {"key": self.key, "kind": self.kind, "correlation_id": self.correlation_id,
@@ -118,7 +119,7 @@ def read_upload(cfg: Settings, obj: GcsObject):
 
 
 def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons: list[str]) -> Outcome:
-    doc = {**cause.as_dict(), "status": "rejected", "reasons": reasons, "received_at": now(), "published": False}
+    doc = {**cause.as_dict(), "status": "rejected", "reasons": reasons, "received_at": cause.received_at, "published": False}
     def record(transaction) -> bool:
         ref = store.col("causes").document(cause.key)
         if ref.get(transaction=transaction).exists:
@@ -211,7 +212,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
             store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
                              transaction=transaction, sources=sources,
                              decisions={d.isbn: d.reasons for d in decisions if d.isbn in leased})
-        transaction.set(cause_ref, {**cause.as_dict(), "status": "accepted", "received_at": now(),
+        transaction.set(cause_ref, {**cause.as_dict(), "status": "accepted", "received_at": cause.received_at,
                                     "isbns": isbns, "run_id": run_id if leased else None,
                                     "launched": not leased, "published": True,
                                     "summary": {a: sum(d.action == a for d in decisions) for a in ("train", "skip", "coalesce")}})

@@ -74,3 +74,8 @@ def test_uploads_drive_decisions_runs_and_champions(cfg, probe, trigger_function
     decisions = subprocess.run([sys.executable, "-m", "shared.cli", "decisions", "--isbn", changed_isbn],
                                capture_output=True, text=True, env=env)
     assert "history revised" in decisions.stdout and "no model yet" in decisions.stdout
+    trace = subprocess.run([sys.executable, "-m", "shared.cli", "trace", "cid-2026-w47.csv"], capture_output=True,
+                           text=True, env=env)
+    steps = [line.split("│")[2].strip() for line in trace.stdout.splitlines() if line.count("│") >= 3]
+    assert steps[0] == "cause" and {"decision", "run", "alias"} <= set(steps)
+    assert f"{run['run_id']} succeeded" in trace.stdout
