@@ -60,7 +60,12 @@ def wait_for_run(store, correlation_id: str, follower: LogFollower, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         follower.poll()
-        runs = [r for r in store.runs(limit=20) if r["correlation_id"] == correlation_id]
+        recorded = store.by_correlation(correlation_id)
+        if any(c["status"] == "rejected" or c.get("run_id") is None for c in recorded["causes"]):
+            time.sleep(1.0)
+            follower.poll()
+            return None  # decided, and nothing to train (or rejected)
+        runs = recorded["runs"]
         if runs and all(r["status"] in ("succeeded", "failed", "quarantined") for r in runs):
             time.sleep(1.0)
             follower.poll()

@@ -93,11 +93,20 @@ class Stack:
         wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/"), timeout=60)
         return proc
 
-    def start_firestore(self) -> Process:
+    @property
+    def firestore_export_dir(self) -> Path:
+        return self.state_dir / "firestore-export"
+
+    def start_firestore(self, persist: bool = False) -> Process:
+        """With ``persist``, the data `down` exported is imported again: the run history
+        survives a restart of the local cloud, as Firestore's does in the cloud."""
         self._require_emulator_tools()
         port = self.ports.firestore
-        proc = spawn("firestore", ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"],
-                     port, self.log_dir)
+        command = ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}"]
+        exported = sorted(self.firestore_export_dir.glob("*/*.overall_export_metadata")) if persist else []
+        if exported:
+            command.append(f"--import-data={exported[-1]}")
+        proc = spawn("firestore", command, port, self.log_dir)
         wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/"), timeout=60)
         return proc
 
@@ -165,7 +174,8 @@ class Stack:
                                "run `make down` first or `make status` to see it.")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         started: dict[str, Process] = {}
-        steps = [("pubsub", self.start_pubsub), ("firestore", self.start_firestore), ("mlflow", self.start_mlflow)]
+        steps = [("pubsub", self.start_pubsub), ("firestore", lambda: self.start_firestore(persist=True)),
+                 ("mlflow", self.start_mlflow)]
         try:
             for name, start in steps:
                 on_step(f"starting {name}")
@@ -191,8 +201,33 @@ class Stack:
             raise
         return started
 
+    def export_firestore(self) -> Path | None:
+        """Ask the running Firestore emulator to export this project's data (it does not
+        export on SIGTERM); the newest export replaces the previous one."""
+        import requests
+
+        target = self.firestore_export_dir / "incoming"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            requests.post(f"http://127.0.0.1:{self.ports.firestore}/emulator/v1/projects/{self.project}:export",
+                          json={"database": f"projects/{self.project}/databases/(default)",
+                                "export_directory": str(target)}, timeout=60).raise_for_status()
+        except requests.RequestException:
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        for old in self.firestore_export_dir.iterdir():
+            if old != target:
+                shutil.rmtree(old)
+        (export,) = list(target.iterdir())
+        kept = export.rename(self.firestore_export_dir / export.name)
+        target.rmdir()
+        return kept
+
     def down(self) -> list[str]:
         processes = self.registry.load()
+        if "firestore" in processes and processes["firestore"].alive():
+            self.export_firestore()
         for proc in reversed(list(processes.values())):
             stop(proc)
         self.registry.save({})

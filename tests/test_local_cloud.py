@@ -122,3 +122,22 @@ def test_messages_without_attributes_reach_the_function_once(cloud, project):
         assert not subscriber.pull(subscription=dead, max_messages=1, timeout=3).received_messages
     finally:
         stop(function)
+
+
+def test_run_history_survives_a_restart_of_the_local_cloud(tmp_path, monkeypatch):
+    from google.cloud import firestore
+
+    from emulators.stack import Stack
+
+    stack = Stack(tmp_path, project="persist", ports=Ports.free())
+    proc = stack.start_firestore(persist=True)
+    stack.registry.save({"firestore": proc})
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{stack.ports.firestore}")
+    firestore.Client(project="persist").collection("runs").document("run-1").set({"status": "succeeded"})
+    assert stack.down() == ["firestore"]
+    proc = stack.start_firestore(persist=True)
+    try:
+        snap = firestore.Client(project="persist").collection("runs").document("run-1").get()
+        assert snap.to_dict() == {"status": "succeeded"}
+    finally:
+        stop(proc)
