@@ -56,6 +56,22 @@ def cmd_train(args, cfg) -> int:
     return 0 if summary["status"] != "failed" else 1
 
 
+def cmd_request(args, cfg) -> int:
+    """Ask the deployed system (trigger-training) to train, through Pub/Sub like any cause."""
+    import getpass
+
+    from shared.events import TrainingRequest
+    from shared.pubsub import publish
+
+    correlation_id = f"request-{uuid.uuid4().hex[:12]}"
+    message_id = publish(cfg, "training-requests", TrainingRequest(
+        correlation_id=correlation_id, isbns=args.isbn or [], force=args.force, reason=args.reason,
+        requested_by=getpass.getuser()))
+    console.print(f"requested training of {', '.join(args.isbn) if args.isbn else 'every known ISBN'}"
+                  f"{' (forced)' if args.force else ''}: message {message_id}, correlation id {correlation_id}")
+    return 0
+
+
 def _results_table(results: list[dict]) -> None:
     table = Table(title="results")
     table.add_column("isbn", no_wrap=True)
@@ -216,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--isbn", action="append", help="restrict to these ISBNs (repeatable)")
     train.add_argument("--launcher", choices=["local", "vertex"], help="vertex: submit (or dry-run) a CustomJob")
     train.set_defaults(handler=cmd_train)
+    request = sub.add_parser("request", help="publish a training request for trigger-training (the event path)")
+    request.add_argument("--isbn", action="append", help="these ISBNs (repeatable); default: every known ISBN")
+    request.add_argument("--force", action="store_true", help="train even if nothing changed")
+    request.add_argument("--reason", default="manual request")
+    request.set_defaults(handler=cmd_request)
     runs = sub.add_parser("runs", help="list training runs")
     runs.add_argument("--status")
     runs.add_argument("--limit", type=int, default=30)

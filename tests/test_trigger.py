@@ -164,3 +164,19 @@ def test_a_living_job_keeps_its_lease(dry_cfg, probe, bucket):
         time.sleep(4)  # longer than the TTL
         assert reap_expired_leases(short, store) == []
     assert store.run(outcome.run_id)["status"] == "queued"
+
+
+def test_cli_request_is_decided_like_any_cause(dry_cfg, probe, bucket, monkeypatch):
+    from shared.cli import main
+
+    upload(dry_cfg, "f.csv", sample(1, years=2, seed=9))
+    isbn = handle(dry_cfg, notifications(probe, 1)[0]).decisions[0].isbn
+    store = RunStore(dry_cfg)
+    for run in store.runs():  # the upload's run ended
+        leases.release_all(store, run["run_id"])
+    monkeypatch.setenv("BOOKCAST_PROJECT_ID", dry_cfg.project_id)
+    assert main(["request", "--isbn", isbn, "--force", "--reason", "new cover"]) == 0
+    (request,) = notifications(probe, 1, topic="training-requests")
+    outcome = handle(dry_cfg, request)
+    assert outcome.run_id and outcome.decisions[0].reasons[0] == "forced"
+    assert RunStore(dry_cfg).run(outcome.run_id)["cause"]["reason"] == "new cover"
