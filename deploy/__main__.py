@@ -84,7 +84,8 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
         out.append(g + ["functions", "deploy", fn.name, "--gen2", "--runtime=python311", f"--region={region}",
                         f"--source={source}", f"--entry-point={fn.entry_point}", "--trigger-http",
                         "--no-allow-unauthenticated", f"--memory={fn.memory}", f"--timeout={fn.timeout_seconds}s",
-                        f"--service-account={runtime_sa}",
+                        f"--service-account={runtime_sa}", f"--concurrency={fn.concurrency}",
+                        *([f"--cpu={fn.cpu}"] if fn.cpu else []),
                         "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items())])
         out.append(g + ["functions", "add-invoker-policy-binding", fn.name, f"--region={region}",
                         f"--member=serviceAccount:{invoker}"])

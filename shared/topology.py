@@ -38,6 +38,8 @@ class Function(Strict):
     memory: str = "512Mi"
     timeout_seconds: int = 60
     packages: list[str] = []
+    concurrency: int = 1
+    cpu: str | None = None
 
 
 class Defaults(Strict):

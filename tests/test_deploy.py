@@ -36,6 +36,8 @@ def test_deploy_creates_the_topology_the_emulators_build(tmp_path):
         locked = {line.split("==")[0]: line for line in (ROOT / "requirements.lock").read_text().splitlines()
                   if "==" in line}
         assert "functions-framework" in pinned and all(locked[name] == line for name, line in pinned.items())
+    forecast = next(c for c in deploys if c[4] == "forecast")
+    assert "--concurrency=80" in forecast and "--cpu=1" in forecast
     image = "europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:latest"
     assert any(c[2:4] == ["builds", "submit"] and f"--tag={image}" in c for c in lines)
     assert all(f"BOOKCAST_VERTEX__IMAGE={image}" in " ".join(c) for c in deploys)
