@@ -119,3 +119,46 @@ def test_monitor_function_receives_failures_pushed_by_pubsub(cloud, alerting_cfg
         assert any(e.get("correlation_id") == "cid-9" and e["message"].startswith("ALERT critical") for e in log)
     finally:
         stop(proc)
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_and_alerted(cloud, alerting_cfg, inbox, project_gcs):
+    """trigger-training cannot reach MLflow, so it fails (5xx) on an upload; after the
+    subscription's attempts the message goes to dead-letters, and the monitor alerts."""
+    from google.cloud import pubsub_v1
+    from google.protobuf import duration_pb2
+
+    from emulators.wiring import create_topics, push_endpoint
+    from shared.gcs import storage_client
+    from shared.sales import to_csv
+
+    project = alerting_cfg.project_id
+    create_topics(cloud.topology, project)
+    ports = Ports.free().functions
+    trigger = cloud.start_function("trigger-training", project=project, port=ports["trigger-training"], extra_env={
+        "BOOKCAST_MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "STORAGE_EMULATOR_HOST": project_gcs,
+        "BOOKCAST_MODEL_NAME_PREFIX": alerting_cfg.model_name_prefix})
+    monitor = cloud.start_function("monitor", project=project, port=ports["monitor"], extra_env={
+        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerting_cfg.alerts.slack_webhook_url})
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    try:
+        wire(cloud.topology, project, cloud.ports, function_ports=ports, only_functions={"monitor"})
+        subscriber.create_subscription(request={  # as the topology's, with a one-second backoff for the test
+            "name": subscriber.subscription_path(project, "trigger-training-uploads"),
+            "topic": publisher.topic_path(project, "sales-uploads"),
+            "push_config": {"push_endpoint": push_endpoint(ports["trigger-training"], project, "sales-uploads")},
+            "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=1),
+                             "maximum_backoff": duration_pb2.Duration(seconds=1)},
+            "dead_letter_policy": {"dead_letter_topic": publisher.topic_path(project, "dead-letters"),
+                                   "max_delivery_attempts": 5}})
+        blob = storage_client(project).bucket("bookcast-uploads").blob("sales/doomed.csv")
+        blob.upload_from_string(to_csv(sample(1, years=1)))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not inbox.slack:
+            time.sleep(0.5)
+        assert inbox.slack, "no dead-letter alert"
+        assert "could not be processed" in inbox.slack[0]["text"] and "trigger-training-uploads" in inbox.slack[0]["text"]
+        attempts = [line for line in open(trigger.log) if '"message": "received OBJECT_FINALIZE' in line]
+        assert len(attempts) == 5
+    finally:
+        stop(trigger)
+        stop(monitor)
