@@ -1,18 +1,14 @@
-"""Cloud Function `monitor` (CloudEvent): scheduled checks and failure events."""
+"""Cloud Function `monitor` (CloudEvent via Pub/Sub push): scheduled checks and failure
+events become deduplicated alerts."""
 import functions_framework
 
-from shared.config import settings
-from shared.events import receive
-from shared.logs import configure, correlated, get_logger
-
-configure()
-log = get_logger("monitor")
+from shared.entry import pubsub_entry
 
 
-@functions_framework.cloud_event
-def monitor(cloud_event):
+def handle(cfg, message):
     from shared.monitoring import on_message
 
-    message = receive(cloud_event, log)
-    with correlated(message.correlation_id):
-        on_message(settings(), message)
+    return on_message(cfg, message)
+
+
+monitor = functions_framework.cloud_event(pubsub_entry("monitor", handle))

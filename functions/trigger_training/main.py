@@ -3,20 +3,14 @@ retrain ticks and manual training requests. Rejected input is recorded and ackno
 only transient failures raise, so Pub/Sub retries them (with backoff, then dead-letters)."""
 import functions_framework
 
-from shared.config import settings
-from shared.events import receive
-from shared.logs import configure, correlated, get_logger
-
-configure()
-log = get_logger("trigger_training")
+from shared.entry import pubsub_entry
 
 
-@functions_framework.cloud_event
-def trigger_training(cloud_event):
-    from shared.trigger import handle
+def handle(cfg, message):
+    from shared.trigger import handle as decide_and_launch
 
-    message = receive(cloud_event, log)
-    with correlated(message.correlation_id):
-        outcome = handle(settings(), message)
-        log.info("%s: %s", outcome.status, outcome.detail,
-                 extra={"outcome": outcome.status, "run_id": outcome.run_id, "message_id": message.message_id})
+    outcome = decide_and_launch(cfg, message)
+    return {"outcome": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
+
+
+trigger_training = functions_framework.cloud_event(pubsub_entry("trigger_training", handle))

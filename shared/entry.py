@@ -1,0 +1,23 @@
+"""The common shell of the Pub/Sub-fed functions: decode the CloudEvent, log its arrival,
+run the handler under the message's correlation id, log the outcome."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from shared.config import Settings, settings
+from shared.events import PubSubMessage, receive
+from shared.logs import configure, correlated, get_logger
+
+
+def pubsub_entry(name: str, handler: Callable[[Settings, PubSubMessage], dict | None]) -> Callable[[Any], None]:
+    configure()
+    log = get_logger(name)
+
+    def entry(cloud_event: Any) -> None:
+        message = receive(cloud_event, log)
+        with correlated(message.correlation_id):
+            outcome = handler(settings(), message) or {}
+            log.info("handled %s", message.message_id, extra={"message_id": message.message_id, **outcome})
+
+    entry.__name__ = name
+    return entry
