@@ -56,11 +56,19 @@ def upload(stack: Stack, name: str, correlation_id: str) -> None:
     blob.upload_from_filename(str(SAMPLE), content_type="text/csv")
 
 
-def wait_for_run(store, correlation_id: str, follower: LogFollower, timeout: float = 900) -> dict | None:
-    deadline = time.monotonic() + timeout
+class NoDecision(RuntimeError):
+    pass
+
+
+def wait_for_run(store, correlation_id: str, follower: LogFollower, timeout: float = 900,
+                 decision_timeout: float = 60) -> dict | None:
+    started = time.monotonic()
+    deadline = started + timeout
     while time.monotonic() < deadline:
         follower.poll()
         recorded = store.by_correlation(correlation_id)
+        if not recorded["causes"] and time.monotonic() - started > decision_timeout:
+            raise NoDecision(f"no decision was recorded for {correlation_id} within {decision_timeout:.0f} s")
         if any(c["status"] == "rejected" or c.get("run_id") is None for c in recorded["causes"]):
             time.sleep(1.0)
             follower.poll()
@@ -89,7 +97,11 @@ def run_demo(stack: Stack, console: Console) -> int:
     follower = LogFollower(stack.log_dir, correlation_id, console)
     console.rule(f"uploading {SAMPLE.name} to gs://bookcast-uploads/sales/ (correlation id {correlation_id})")
     upload(stack, f"demo-{correlation_id}.csv", correlation_id)
-    run = wait_for_run(store, correlation_id, follower)
+    try:
+        run = wait_for_run(store, correlation_id, follower)
+    except NoDecision as error:
+        console.print(f"[red]{error}[/]: see `make logs` (trigger-training)")
+        return 1
     if run is None:
         decisions = [d for d in store.decisions() if d["correlation_id"] == correlation_id]
         if decisions:

@@ -147,6 +147,14 @@ class PubSubMessage(BaseModel):
         return GcsObject.model_validate(self.payload())
 
     @property
+    def delivery_key(self) -> str:
+        """Identifies one published message across redeliveries. Message ids are unique only
+        per topic, and the emulator restarts them at 1, so topic, publish time and content
+        join in (a redelivery repeats all of them)."""
+        raw = f"{self.topic or self.subscription}|{self.message_id}|{self.publish_time.isoformat()}|".encode()
+        return hashlib.sha256(raw + self.data).hexdigest()[:32]
+
+    @property
     def correlation_id(self) -> str | None:
         if "correlation_id" in self.attributes:
             return self.attributes["correlation_id"]

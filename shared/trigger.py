@@ -31,6 +31,7 @@ class Cause:
     kind: str                      # upload | schedule | request | follow-up
     correlation_id: str
     message_id: str
+    delivery_key: str
     forced: bool = False
     detail: dict = field(default_factory=dict)
     received_at: datetime = field(default_factory=now)
@@ -51,7 +52,7 @@ class Outcome:
 # --- entry point ------------------------------------------------------------------------------
 def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None) -> Outcome:
     store = store or RunStore(cfg)
-    if store.get("messages", message.message_id):
+    if store.get("messages", message.delivery_key):
         return Outcome("duplicate", f"message {message.message_id} was already handled")
     if message.is_gcs_notification:
         return handle_upload(cfg, store, message)
@@ -60,12 +61,14 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
         job = (message.payload() or {}).get("job", "unknown")
         cause = Cause(key=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", kind="schedule",
                       correlation_id=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", message_id=message.message_id,
+                      delivery_key=message.delivery_key,
                       detail={"job": job, "publish_time": message.publish_time.isoformat()})
         return handle_isbns(cfg, store, cause, isbns=None)
     if event_type == "training.requested":
         request = TrainingRequest.model_validate(message.payload())
-        cause = Cause(key=f"request-{message.message_id}", kind="follow-up" if "follow-up" in request.requested_by
+        cause = Cause(key=f"request-{message.delivery_key}", kind="follow-up" if "follow-up" in request.requested_by
                       else "request", correlation_id=request.correlation_id, message_id=message.message_id,
+                      delivery_key=message.delivery_key,
                       forced=request.force, detail={"requested_by": request.requested_by, "reason": request.reason})
         return handle_isbns(cfg, store, cause, isbns=request.isbns or None)
     log.warning("ignored a message of unknown type %r", event_type, extra={"attributes": message.attributes})
@@ -86,7 +89,7 @@ def _payload_type(message: PubSubMessage) -> str | None:
 def handle_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
     obj = message.gcs_object()
     cause = Cause(key=f"upload-{obj.upload_key}", kind="upload", correlation_id=obj.correlation_id,
-                  message_id=message.message_id,
+                  message_id=message.message_id, delivery_key=message.delivery_key,
                   detail={"bucket": obj.bucket, "object": obj.name, "generation": obj.generation})
     with correlated(cause.correlation_id):
         existing = store.get("causes", cause.key)
@@ -125,7 +128,7 @@ def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons
         if ref.get(transaction=transaction).exists:
             return False
         transaction.set(ref, doc)
-        transaction.set(store.col("messages").document(cause.message_id), {"cause": cause.key, "at": now()})
+        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
         return True
 
     if store.in_transaction(record):
@@ -216,7 +219,7 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
                                     "isbns": isbns, "run_id": run_id if leased else None,
                                     "launched": not leased, "published": True,
                                     "summary": {a: sum(d.action == a for d in decisions) for a in ("train", "skip", "coalesce")}})
-        transaction.set(store.col("messages").document(cause.message_id), {"cause": cause.key, "at": now()})
+        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
         return decisions, leased
 
     result = store.in_transaction(apply)
@@ -293,7 +296,7 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
             log.warning("run %s lost its lease after its retry; not retried again", old_run_id)
             continue
         cause = Cause(key=f"retry-{old_run_id}", kind="retry", correlation_id=old.get("correlation_id", old_run_id),
-                      message_id=f"retry-{old_run_id}", forced=True, detail={"retry_of": old_run_id})
+                      message_id=f"retry-{old_run_id}", delivery_key=f"retry-{old_run_id}", forced=True, detail={"retry_of": old_run_id})
         run_id = f"{old_run_id}-retry"
 
         def relaunch(transaction) -> bool:

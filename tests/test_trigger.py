@@ -180,3 +180,13 @@ def test_cli_request_is_decided_like_any_cause(dry_cfg, probe, bucket, monkeypat
     outcome = handle(dry_cfg, request)
     assert outcome.run_id and outcome.decisions[0].reasons[0] == "forced"
     assert RunStore(dry_cfg).run(outcome.run_id)["cause"]["reason"] == "new cover"
+
+
+def test_a_reused_message_id_is_not_mistaken_for_a_redelivery(dry_cfg, probe, bucket):
+    """Message ids are unique per topic only, and a restarted emulator counts from 1 again."""
+    upload(dry_cfg, "g1.csv", sample(1, years=2, seed=12))
+    upload(dry_cfg, "g2.csv", sample(1, years=2, seed=13))
+    first, second = notifications(probe, 2)
+    assert handle(dry_cfg, first).status == "accepted"
+    reused = second.model_copy(update={"message_id": first.message_id})
+    assert handle(dry_cfg, reused).status == "accepted"
