@@ -1,5 +1,6 @@
 """The common shell of the Pub/Sub-fed functions: decode the CloudEvent, log its arrival,
-run the handler under the message's correlation id, log the outcome."""
+run the handler under the message's correlation id, log the outcome (the handler's dict;
+its "summary" becomes the log message)."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -16,8 +17,9 @@ def pubsub_entry(name: str, handler: Callable[[Settings, PubSubMessage], dict | 
     def entry(cloud_event: Any) -> None:
         message = receive(cloud_event, log)
         with correlated(message.correlation_id):
-            outcome = handler(settings(), message) or {}
-            log.info("handled %s", message.message_id, extra={"message_id": message.message_id, **outcome})
+            outcome = dict(handler(settings(), message) or {})
+            summary = outcome.pop("summary", f"handled message {message.message_id}")
+            log.info("%s", summary, extra={"message_id": message.message_id, **outcome})
 
     entry.__name__ = name
     return entry

@@ -8,7 +8,8 @@ from shared.entry import pubsub_entry
 def handle(cfg, message):
     from shared.monitoring import on_message
 
-    return on_message(cfg, message)
+    result = on_message(cfg, message)
+    return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['retried'])} run(s) retried", **result}
 
 
 monitor = functions_framework.cloud_event(pubsub_entry("monitor", handle))

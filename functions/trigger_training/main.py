@@ -10,7 +10,7 @@ def handle(cfg, message):
     from shared.trigger import handle as decide_and_launch
 
     outcome = decide_and_launch(cfg, message)
-    return {"outcome": outcome.status, "detail": outcome.detail, "run_id": outcome.run_id}
+    return {"summary": f"{outcome.status}: {outcome.detail}", "outcome": outcome.status, "run_id": outcome.run_id}
 
 
 trigger_training = functions_framework.cloud_event(pubsub_entry("trigger_training", handle))
