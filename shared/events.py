@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -177,11 +177,6 @@ def encode(event: Event) -> tuple[bytes, dict[str, str]]:
         "correlation_id": event.correlation_id,
     }
     return event.model_dump_json().encode(), attributes
-
-
-def week_start(day: date) -> date:
-    """Weeks start on Monday everywhere in bookcast."""
-    return date.fromordinal(day.toordinal() - day.weekday())
 
 
 def receive(cloud_event: Any, logger: Any) -> PubSubMessage:

@@ -11,7 +11,6 @@ A fitted model is kept as its spec and parameter vector (about 1 KB); it is rebu
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -176,7 +175,3 @@ def seasonal_naive(y: np.ndarray, start: date, horizon: int) -> np.ndarray:
 def cap_fourier(train_len: int, requested: int) -> int:
     """Fourier pairs need at least a year of data to be identified."""
     return requested if train_len >= 60 else 0
-
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

@@ -2,7 +2,6 @@
 training window (the holdout stays unseen), median pruning after the first fold."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import date, timedelta
 
 import numpy as np
@@ -62,7 +61,3 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
                     for t in study.trials],
     }
     return best, summary
-
-
-def spec_dict(spec: ModelSpec) -> dict:
-    return asdict(spec)
