@@ -128,7 +128,7 @@ def main() -> None:
         for name, (seconds, metrics) in runs:
             mase = np.array([m["mase"] for m in metrics])
             smape = np.array([m["smape"] for m in metrics])
-            beats = np.mean([m["relative_mase"] < 1 for m in metrics])
+            beats = np.mean([m["relative_mae"] < 1 for m in metrics])
             table.add_row(str(n), name, f"{seconds:.1f}", f"{seconds / n:.2f}", f"{mase.mean():.3f}",
                           f"{np.median(mase):.3f}", f"{smape.mean():.3f}", f"{beats:.0%}")
             console.print(f"{n} ISBNs, {name}: {seconds:.1f} s, MASE {mase.mean():.3f}", highlight=False)

@@ -75,14 +75,14 @@ def cmd_request(args, cfg) -> int:
 def _results_table(results: list[dict]) -> None:
     table = Table(title="results")
     table.add_column("isbn", no_wrap=True)
-    for column in ("status", "version", "RMSE", "MAPE", "MASE", "vs naive", "reason"):
+    for column in ("status", "version", "MASE", "WAPE", "vs naive", "reason"):
         table.add_column(column, overflow="fold")
     colours = {"promoted": "green", "baseline": "yellow", "quarantined": "magenta", "failed": "red", "refused": "red"}
     for r in results:
         m = r.get("metrics") or {}
         fmt = lambda k, f: f.format(m[k]) if k in m else "-"  # noqa: E731
         table.add_row(r["isbn"], f"[{colours.get(r['status'], 'white')}]{r['status']}[/]", r.get("version") or "-",
-                      fmt("rmse", "{:.1f}"), fmt("mape", "{:.1%}"), fmt("mase", "{:.2f}"), fmt("relative_mase", "{:.2f}"),
+                      fmt("mase", "{:.2f}"), fmt("wape", "{:.0%}"), fmt("relative_mae", "{:.2f}"),
                       r.get("reason", "")[:120])
     console.print(table)
 
@@ -223,6 +223,35 @@ def cmd_aliases(args, cfg) -> int:
     return 0
 
 
+def cmd_thresholds(args, cfg) -> int:
+    """Recommend gate thresholds per segment from every candidate the registry holds."""
+    from shared import thresholds
+
+    history = thresholds.candidate_metrics(cfg)
+    recommendations = thresholds.recommend(cfg, history)
+    if args.format == "json":
+        print(json.dumps({"candidates": len(history), "gates": cfg.gates.model_dump(),
+                          "segments": thresholds.as_dicts(recommendations)}, indent=2))
+        return 0
+    if not history:
+        console.print("no candidate versions with holdout metrics in the registry yet: train first")
+        return 0
+    table = Table(title=f"gate thresholds from {len(history)} candidate versions (current: relative MAE < "
+                        f"{cfg.gates.max_relative_mae:g}, WAPE ≤ {cfg.gates.max_wape:.0%})")
+    for column in ("segment", "candidates", "beat naive", "quarantined now", "recommended max WAPE",
+                   "quarantined with it", "RMSE < 100 would quarantine", "MAPE < 50% would quarantine"):
+        table.add_column(column, justify="right" if column != "segment" else "left")
+    for r in recommendations:
+        limit = f"{r.recommended_max_wape:.0%}" if r.recommended_max_wape is not None else "–"
+        table.add_row(r.segment, str(r.candidates), f"{r.beat_naive:.0%}", f"{r.quarantined_now:.0%}", limit,
+                      f"{r.quarantined_recommended:.0%}", f"{r.quarantined_by_rmse_100:.0%}",
+                      f"{r.quarantined_by_mape_50:.0%}")
+    console.print(table)
+    console.print("Set a segment's limit with BOOKCAST_GATES__MAX_WAPE; the absolute RMSE/MAPE limits stay off "
+                  "unless configured (BOOKCAST_GATES__MAX_RMSE, BOOKCAST_GATES__MAX_MAPE).")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bookcast", description=__doc__)
     parser.add_argument("--profile", help="development | test | production (default: BOOKCAST_PROFILE)")
@@ -270,12 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     aliases = sub.add_parser("aliases", help="alias history of one ISBN")
     aliases.add_argument("isbn")
     aliases.set_defaults(handler=cmd_aliases)
+    limits = sub.add_parser("thresholds", help="recommend gate thresholds per volume/intermittency segment "
+                                               "from the registry's history")
+    limits.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
+    limits.set_defaults(handler=cmd_thresholds)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace") else "INFO")
+    configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace",
+                                            "thresholds") else "INFO")
     return args.handler(args, load_settings(args.profile))
 
 

@@ -18,7 +18,7 @@ Profile = Literal["development", "test", "production"]
 
 class TrainingSettings(BaseModel):
     holdout_weeks: int = Field(26, ge=4, le=104)
-    trials: int = Field(12, ge=1)
+    trials: int = Field(16, ge=1, description="Optuna trials per ISBN (at least one per model family)")
     min_history_weeks: int = Field(30, ge=8)
     max_fourier_pairs: int = Field(8, ge=1, le=20)
     seed: int = 42
@@ -28,10 +28,13 @@ class TrainingSettings(BaseModel):
 
 
 class GateSettings(BaseModel):
-    max_rmse: float = 100.0
-    max_mape: float = 0.50
-    max_relative_mase: float = Field(1.0, description="model MAE / seasonal-naive MAE on the holdout")
-    champion_margin: float = Field(0.05, description="allowed worsening against the champion")
+    """Scale-free by default (shared/forecasting/gates.py); ``bookcast thresholds`` recommends
+    values per segment from the registry's history."""
+    max_relative_mae: float = Field(1.0, gt=0, description="model MAE / seasonal-naive MAE on the holdout must be below")
+    max_wape: float = Field(1.0, gt=0, description="sum of absolute errors / units sold in the holdout")
+    champion_margin: float = Field(0.05, description="allowed MAE worsening against the champion refitted on the same weeks")
+    max_rmse: float | None = Field(None, gt=0, description="optional absolute limit, off by default")
+    max_mape: float | None = Field(None, gt=0, description="optional; never applied to a holdout with zero weeks")
 
 
 class DecisionSettings(BaseModel):
@@ -69,11 +72,10 @@ class AlertSettings(BaseModel):
 
 
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "development": {"training": {"trials": 12}},
-    "test": {"training": {"trials": 4, "holdout_weeks": 26, "workers": 2}},
+    "development": {"training": {"trials": 16}},
+    "test": {"training": {"trials": 6, "holdout_weeks": 26, "workers": 2}},
     "production": {
-        "training": {"trials": 60},
-        "gates": {"max_rmse": 80.0, "max_mape": 0.30},
+        "training": {"trials": 40},
         "launcher": "vertex",
         "vertex": {"dry_run": False},
     },

@@ -69,12 +69,12 @@ def model_alerts(cfg: Settings, isbns: list[str]) -> list[Alert]:
         if target.tags.get("baseline") == "true":
             found.append(Alert(f"baseline:{isbn}:{target.version}", "info", f"{isbn} is served by the seasonal-naive baseline",
                                "no tuned model has passed the quality gates yet"))
-        rmse, mape = target.tags.get("metric.rmse"), target.tags.get("metric.mape")
-        breaches = []
-        if rmse and float(rmse) >= cfg.gates.max_rmse:
-            breaches.append(f"RMSE {float(rmse):.1f} ≥ {cfg.gates.max_rmse:g}")
-        if mape and float(mape) >= cfg.gates.max_mape:
-            breaches.append(f"MAPE {float(mape):.0%} ≥ {cfg.gates.max_mape:.0%}")
+        # The same gates as promotion, on the served version's holdout metrics (a baseline is
+        # reported above, not measured against the naive it is).
+        from shared.forecasting import gates
+
+        metrics = gates.metrics_from_tags(target.tags) if target.tags.get("baseline") != "true" else None
+        breaches = gates.breaches(metrics, cfg.gates) if metrics else []
         if breaches:
             found.append(Alert(f"thresholds:{isbn}:{target.version}", "warning",
                                f"{isbn} v{target.version} serves above the metric thresholds", "; ".join(breaches)))

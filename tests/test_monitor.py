@@ -86,15 +86,23 @@ def test_tick_checks_models_health_and_dead_jobs(alerting_cfg, inbox, probe):
     version = registry.register(alerting_cfg, isbn, fitted, serving_forecast(fitted), params={},
                                 metrics={"rmse": 250.0, "mape": 0.2}, tags={"baseline": "true"}).version
     registry.move_alias(alerting_cfg, store, isbn, version, "baseline", "test", "pytest", "c", publish=False)
+    # A tuned model that serves although its holdout metrics fail today's gates.
+    worse = sample(1, years=2, seed=99)["isbn"].iloc[0]
+    store.col("series").document(worse).set({"isbn": worse, "weeks": {}, "sources": []})
+    breaching = registry.register(alerting_cfg, worse, fitted, serving_forecast(fitted), params={},
+                                  metrics={"rmse": 250.0, "mae": 200.0, "wape": 0.3, "relative_mae": 1.25},
+                                  tags={"kind": "candidate"}).version
+    registry.move_alias(alerting_cfg, store, worse, breaching, "promote", "test", "pytest", "c", publish=False)
     strict = alerting_cfg.model_copy(update={"decision": alerting_cfg.decision.model_copy(
         update={"max_model_age_days": -1})})
     tick = PubSubMessage(message_id="t1", publish_time=now(), attributes={"event_type": "schedule.tick"},
                          data=b'{"job": "monitor"}')
     result = on_message(strict, tick)
     assert set(result["sent"]) == {f"stale:{isbn}:{version}", f"baseline:{isbn}:{version}",
-                                   f"thresholds:{isbn}:{version}", "unserved:9780306406157"}
+                                   f"stale:{worse}:{breaching}", f"thresholds:{worse}:{breaching}",
+                                   "unserved:9780306406157"}
     texts = " ".join(p["text"] for p in inbox.slack)
-    assert "RMSE 250.0" in texts and "seasonal-naive baseline" in texts
+    assert "does not beat seasonal naive" in texts and "1.25×" in texts and "seasonal-naive baseline" in texts
     assert on_message(strict, tick.model_copy(update={"message_id": "t2"}))["sent"] == []
 
     unreachable = strict.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})

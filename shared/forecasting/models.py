@@ -1,48 +1,109 @@
-"""The two model families: ARIMA errors with Fourier terms for the yearly season (dynamic
-harmonic regression), and the seasonal-naive baseline.
+"""The model families one ISBN can be served by, and the seasonal-naive baseline.
 
-Why Fourier terms rather than a seasonal order at 52: a SARIMAX seasonal order of 52 has a
-state vector of ~100, takes 8-18 s per fit (often without converging) and needs about four
-years of history to difference seasonally; ARIMA + K Fourier pairs fits in ~0.1-0.3 s and
-works from one year of data. bench/training.py measures both.
+- ``harmonic_arima``: ARIMA errors with Fourier terms for the yearly season (dynamic
+  harmonic regression) and an optional Christmas-peak regressor. Works from one year of data.
+- ``sarima``: ARIMA with a true seasonal order at 52 weeks (a seasonal difference). Needs a
+  year and a half of history; the seasonal MA/AR terms at 52 are left out because they make a
+  ~100-element state that fits in 6-18 s (bench/README.md).
+- ``ets``: exponential smoothing (statsmodels ETSModel): level, optional (damped) trend,
+  optional additive 52-week season when two years support its 51 initial states.
+- ``theta``: the Theta method (statsmodels ThetaModel), deseasonalised when two years allow.
+- ``tsb``: Teunter-Syntetos-Babai intermittent demand: smoothed demand probability times
+  smoothed demand size, for slow titles with many zero weeks.
+- ``seasonal_naive``: last year's week, the baseline every candidate must beat.
 
-A fitted model is kept as its spec and parameter vector (about 1 KB); it is rebuilt with
-``SARIMAX(...).filter(params)``, which forecasts exactly as the fitted result did.
+A fitted model is kept as its spec and parameter vector (about 1 KB) plus the history it was
+conditioned on, and is rebuilt without re-estimation to forecast. Intervals are normal in the
+model's transformed space, widened or narrowed by ``interval_scale``: multipliers measured
+on unseen weeks (shared/forecasting/calibration.py), so an 80% band covers about 80%.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, timedelta
+from statistics import NormalDist
 
 import numpy as np
 
 YEAR_WEEKS = 365.25 / 7
+SEASON = 52
 EPOCH = date(1970, 1, 5)  # a Monday: Fourier phases are absolute, so refits line up
+
+ARIMA_KINDS = ("harmonic_arima", "sarima")
+FAMILIES = ("harmonic_arima", "sarima", "ets", "theta", "tsb")
+BASELINE = "seasonal_naive"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str = "harmonic_arima"  # or "seasonal_naive"
+    kind: str = "harmonic_arima"  # one of FAMILIES or BASELINE
+    transform: str = "log1p"      # or "none"
+    # ARIMA families
     p: int = 1
     d: int = 1
     q: int = 1
     fourier: int = 3
-    transform: str = "log1p"     # or "none"
-    holiday: bool = False         # a Christmas-peak regressor: too sharp for a few Fourier pairs
+    holiday: bool = False          # a Christmas-peak regressor: too sharp for a few Fourier pairs
     seasonal_order: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # ets: trend "none" or "add", damped; ets and theta: seasonal (52 weeks)
+    trend: str = "none"
+    damped: bool = False
+    seasonal: bool = False
+    # tsb: smoothing of the demand size and of the demand probability
+    alpha: float = 0.1
+    beta: float = 0.1
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
-        """From JSON, where the seasonal order arrives as a list."""
-        return cls(**{**data, "seasonal_order": tuple(data.get("seasonal_order", (0, 0, 0, 0)))})
+        """From JSON (the seasonal order arrives as a list); keys of other families' or older
+        specs are ignored, so every registered version stays loadable."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "seasonal_order" in values:
+            values["seasonal_order"] = tuple(values["seasonal_order"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Only what this family uses, so registry params and tags read plainly."""
+        used = {"kind", "transform"} | {
+            "harmonic_arima": {"p", "d", "q", "fourier", "holiday"},
+            "sarima": {"p", "d", "q", "holiday", "seasonal_order"},
+            "ets": {"trend", "damped", "seasonal"},
+            "theta": {"seasonal"},
+            "tsb": {"alpha", "beta"},
+        }.get(self.kind, set())
+        data = {k: v for k, v in asdict(self).items() if k in used}
+        if "seasonal_order" in data:
+            data["seasonal_order"] = list(data["seasonal_order"])
+        return data
 
     def label(self) -> str:
-        if self.kind == "seasonal_naive":
+        if self.kind == BASELINE:
             return "seasonal naive"
+        if self.kind == "tsb":
+            return f"TSB intermittent (alpha {self.alpha:.2f}, beta {self.beta:.2f})"
+        if self.kind == "ets":
+            trend = {"none": "N", "add": "Ad" if self.damped else "A"}[self.trend]
+            return f"ETS(A,{trend},{'A' if self.seasonal else 'N'}), {self.transform}"
+        if self.kind == "theta":
+            return f"Theta{', deseasonalised' if self.seasonal else ''}, {self.transform}"
         seasonal = f"x{self.seasonal_order}" if any(self.seasonal_order) else ""
-        terms = ([f"{self.fourier} Fourier pairs"] if self.fourier else []) + (["Christmas peak"] if self.holiday else [])
+        terms = (([f"{self.fourier} Fourier pairs"] if self.fourier and self.kind == "harmonic_arima" else [])
+                 + (["Christmas peak"] if self.holiday else []))
         return f"ARIMA({self.p},{self.d},{self.q}){seasonal}" + "".join(f" + {t}" for t in terms) + f", {self.transform}"
+
+
+def calibrated_multiplier(level: float, interval_scale: list[list[float]] | None) -> float:
+    """The half-width of a ``level`` interval in standard errors. Without calibration it is
+    the normal quantile; with it, the normal quantile times the measured ratio, interpolated
+    between the calibrated levels."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    if not interval_scale:
+        return z
+    levels = [float(pair[0]) for pair in interval_scale]
+    ratios = [float(pair[1]) for pair in interval_scale]
+    return z * float(np.interp(level, levels, ratios))
 
 
 @dataclass
@@ -52,14 +113,13 @@ class Forecast:
     mean: np.ndarray
     se: np.ndarray
     transform: str
+    interval_scale: list[list[float]] = field(default_factory=list)
 
     def bounds(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from statistics import NormalDist
-
-        z = NormalDist().inv_cdf(0.5 + level / 2)
+        width = calibrated_multiplier(level, self.interval_scale) * self.se
         back = inverse(self.transform)
-        return (np.clip(back(self.mean), 0, None), np.clip(back(self.mean - z * self.se), 0, None),
-                np.clip(back(self.mean + z * self.se), 0, None))
+        return (np.clip(back(self.mean), 0, None), np.clip(back(self.mean - width), 0, None),
+                np.clip(back(self.mean + width), 0, None))
 
 
 def forward(transform: str):
@@ -87,7 +147,7 @@ def christmas_peak(start: date, n: int) -> np.ndarray:
 
 def regressors(start: date, n: int, spec: "ModelSpec") -> np.ndarray | None:
     columns = []
-    if spec.fourier:
+    if spec.fourier and spec.kind == "harmonic_arima":
         t = week_numbers(start, n)[:, None]
         k = np.arange(1, spec.fourier + 1)[None, :]
         angle = 2 * np.pi * k * t / YEAR_WEEKS
@@ -103,45 +163,112 @@ class FittedModel:
     start: date                      # first week of the fitted data
     n_obs: int
     params: list[float] = field(default_factory=list)
-    history: list[float] = field(default_factory=list)  # seasonal naive keeps its last season
+    history: list[float] = field(default_factory=list)  # the series the model is conditioned on
+    interval_scale: list[list[float]] = field(default_factory=list)  # [level, ratio to normal]
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["spec"] = self.spec.to_dict()
         data["start"] = self.start.isoformat()
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedModel":
         return cls(spec=ModelSpec.from_dict(data["spec"]), start=date.fromisoformat(data["start"]), n_obs=data["n_obs"],
-                   params=list(data["params"]), history=list(data["history"]))
+                   params=list(data["params"]), history=list(data["history"]),
+                   interval_scale=[list(pair) for pair in data.get("interval_scale", [])])
 
 
+# --- the families ---------------------------------------------------------------------------
 def _sarimax(y: np.ndarray, spec: ModelSpec, start: date):
     from statsmodels.tsa.statespace.sarimax import SARIMAX
 
     return SARIMAX(forward(spec.transform)(y), exog=regressors(start, len(y), spec),
                    order=(spec.p, spec.d, spec.q), seasonal_order=spec.seasonal_order,
-                   trend="c" if spec.d == 0 else "n",
+                   trend="c" if spec.d == 0 and not spec.seasonal_order[1] else "n",
                    enforce_stationarity=False, enforce_invertibility=False)
+
+
+def _ets(y: np.ndarray, spec: ModelSpec):
+    import pandas as pd
+    from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+    # A pandas series: statsmodels' ETS prediction needs an index to label its rows.
+    return ETSModel(pd.Series(forward(spec.transform)(y)), error="add",
+                    trend=None if spec.trend == "none" else spec.trend, damped_trend=spec.damped and spec.trend != "none",
+                    seasonal="add" if spec.seasonal else None, seasonal_periods=SEASON if spec.seasonal else None)
+
+
+def _theta(y: np.ndarray, spec: ModelSpec):
+    import pandas as pd
+    from statsmodels.tsa.forecasting.theta import ThetaModel
+
+    return ThetaModel(pd.Series(forward(spec.transform)(y)), period=SEASON, deseasonalize=spec.seasonal,
+                      use_test=False, method="additive").fit()
+
+
+def _tsb(y: np.ndarray, alpha: float, beta: float) -> tuple[float, float, float]:
+    """Final demand size and probability, and the RMS of the one-step errors."""
+    nonzero = y[y > 0]
+    size = float(nonzero[:4].mean()) if len(nonzero) else 0.0
+    probability = float(np.mean(y[: max(4, len(y) // 4)] > 0))
+    errors = []
+    for value in y:
+        errors.append(value - size * probability)
+        probability += beta * ((value > 0) - probability)
+        if value > 0:
+            size += alpha * (value - size)
+    return size, probability, float(np.sqrt(np.mean(np.square(errors))))
 
 
 def fit(y: np.ndarray, start: date, spec: ModelSpec) -> FittedModel:
     y = np.asarray(y, float)
-    if spec.kind == "seasonal_naive":
-        season = 52 if len(y) >= 52 + 8 else 1
+    if spec.kind == BASELINE:
+        season = SEASON if len(y) >= SEASON + 8 else 1
         return FittedModel(spec, start, len(y), params=[float(season)], history=y.tolist())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = _sarimax(y, spec, start).fit(disp=False, maxiter=200, low_memory=True)
-    if not np.all(np.isfinite(result.params)):
+        if spec.kind in ARIMA_KINDS:
+            params = np.asarray(_sarimax(y, spec, start).fit(disp=False, maxiter=200, low_memory=True).params)
+        elif spec.kind == "ets":
+            params = np.asarray(_ets(y, spec).fit(disp=False, maxiter=200).params)
+        elif spec.kind == "theta":
+            params = np.asarray(_theta(y, spec).params)  # closed form: kept for the record, refitted to forecast
+        elif spec.kind == "tsb":
+            params = np.asarray(_tsb(y, spec.alpha, spec.beta))
+        else:
+            raise ValueError(f"unknown model family {spec.kind!r}")
+    if not np.all(np.isfinite(params)):
         raise FloatingPointError(f"{spec.label()} did not converge to finite parameters")
-    return FittedModel(spec, start, len(y), params=[float(v) for v in result.params], history=y.tolist())
+    return FittedModel(spec, start, len(y), params=[float(v) for v in params], history=y.tolist())
+
+
+def _normal_se(upper: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
+    return (np.asarray(upper, float) - np.asarray(mean, float)) / NormalDist().inv_cdf(1 - alpha / 2)
+
+
+def _transformed_forecast(model: FittedModel, horizon: int, forecast_start: date) -> tuple[np.ndarray, np.ndarray]:
+    spec, y = model.spec, np.asarray(model.history, float)
+    if spec.kind in ARIMA_KINDS:
+        result = _sarimax(y, spec, model.start).filter(np.asarray(model.params))
+        prediction = result.get_forecast(horizon, exog=regressors(forecast_start, horizon, spec))
+        return np.asarray(prediction.predicted_mean, float), np.sqrt(np.asarray(prediction.var_pred_mean, float))
+    if spec.kind == "ets":
+        result = _ets(y, spec).smooth(np.asarray(model.params))
+        frame = result.get_prediction(start=len(y), end=len(y) + horizon - 1).summary_frame(alpha=0.05)
+        return frame["mean"].to_numpy(float), _normal_se(frame["pi_upper"], frame["mean"], 0.05)
+    if spec.kind == "theta":
+        result = _theta(y, spec)
+        mean = np.asarray(result.forecast(horizon), float)
+        return mean, _normal_se(result.prediction_intervals(horizon, alpha=0.05)["upper"], mean, 0.05)
+    size, probability, sigma = model.params
+    return np.full(horizon, size * probability), np.full(horizon, max(sigma, 1e-6))
 
 
 def forecast(model: FittedModel, horizon: int) -> Forecast:
     forecast_start = model.start + timedelta(weeks=model.n_obs)
     y = np.asarray(model.history, float)
-    if model.spec.kind == "seasonal_naive":
+    if model.spec.kind == BASELINE:
         season = int(model.params[0])
         last = y[-season:]
         steps = np.arange(horizon)
@@ -150,17 +277,14 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
         # The naive forecast's own errors are the seasonal differences: their RMS, not their spread.
         sigma = float(np.sqrt(np.mean(residual ** 2))) if len(residual) else float(y.std() or 1.0)
         se = sigma * np.sqrt(steps // season + 1)
-        return Forecast(forecast_start, mean, se, "none")
+        return Forecast(forecast_start, mean, se, "none", model.interval_scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = _sarimax(y, model.spec, model.start).filter(np.asarray(model.params))
-        exog = regressors(forecast_start, horizon, model.spec)
-        prediction = result.get_forecast(horizon, exog=exog)
-    mean = np.asarray(prediction.predicted_mean, float)
-    se = np.sqrt(np.asarray(prediction.var_pred_mean, float))
+        mean, se = _transformed_forecast(model, horizon, forecast_start)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(se))):
         raise FloatingPointError(f"{model.spec.label()} produced a non-finite forecast")
-    return Forecast(forecast_start, mean, se, model.spec.transform)
+    transform = "none" if model.spec.kind == "tsb" else model.spec.transform
+    return Forecast(forecast_start, mean, np.maximum(se, 1e-9), transform, model.interval_scale)
 
 
 def point_forecast(y: np.ndarray, start: date, spec: ModelSpec, horizon: int) -> np.ndarray:
@@ -169,9 +293,4 @@ def point_forecast(y: np.ndarray, start: date, spec: ModelSpec, horizon: int) ->
 
 
 def seasonal_naive(y: np.ndarray, start: date, horizon: int) -> np.ndarray:
-    return point_forecast(y, start, ModelSpec(kind="seasonal_naive"), horizon)
-
-
-def cap_fourier(train_len: int, requested: int) -> int:
-    """Fourier pairs need at least a year of data to be identified."""
-    return requested if train_len >= 60 else 0
+    return point_forecast(y, start, ModelSpec(kind=BASELINE), horizon)

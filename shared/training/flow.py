@@ -200,16 +200,19 @@ def gate_and_register(request: dict, candidates: list[dict], series: dict[str, d
             "correlation_id": request["correlation_id"],
         }
         verdict = gate(candidate, cfg.gates)
-        metrics = {**candidate.metrics, **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
-                                           if k in ("rmse", "mape", "smape")},
-                   **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("rmse", "mase")}}
+        metrics = {**candidate.metrics, "cv_score": candidate.study["cv_score"],
+                   **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
+                      if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
+                   **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
         title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
         registration = registry.register(
             cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
-            params={**candidate.spec, "trials": cfg.training.trials, "holdout_weeks": candidate.holdout_weeks},
+            params={**candidate.spec, "family": candidate.spec["kind"], "trials": cfg.training.trials,
+                    "holdout_weeks": candidate.holdout_weeks, "cv_metric": candidate.study["cv_metric"],
+                    "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
             metrics=metrics, study=candidate.study,
             figure=_figure(candidate, title),
-            tags={**lineage, "spec": json.dumps(candidate.spec), "kind": "candidate",
+            tags={**lineage, "spec": json.dumps(candidate.spec), "kind": "candidate", "family": candidate.spec["kind"],
                   "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
                   "quarantine_reason": "; ".join(verdict.reasons)})
         if verdict.passed:
@@ -222,10 +225,11 @@ def gate_and_register(request: dict, candidates: list[dict], series: dict[str, d
         reason = "quarantined: " + "; ".join(verdict.reasons)
         if registry.version_by_alias(cfg, candidate.isbn) is None:
             # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
+            family = candidate.baseline_model["spec"]["kind"]
             baseline = registry.register(
                 cfg, candidate.isbn, candidate.baseline_model, serving_forecast(candidate.baseline_model),
-                params={"kind": "seasonal_naive"}, metrics=candidate.baseline_metrics,
-                tags={**lineage, "spec": json.dumps({"kind": "seasonal_naive"}), "kind": "baseline",
+                params={"kind": family, "family": family}, metrics=candidate.baseline_metrics,
+                tags={**lineage, "spec": json.dumps({"kind": family}), "kind": "baseline", "family": family,
                       "baseline": "true", "gate": "baseline", "quarantined": "false"})
             registry.move_alias(cfg, store, candidate.isbn, baseline.version, "baseline",
                                 f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",

@@ -1,0 +1,57 @@
+"""Interval calibration: measure how far unseen weeks fall from the forecast, in the model's
+own standard errors, and turn that into a multiplier per interval level.
+
+A model's standard errors assume its own form is right; on real sales they are often too
+narrow (promotions, stock-outs) or too wide (the seasonal-naive baseline). Split-conformal
+scaling corrects both: on rolling-origin folds and the holdout, |actual - forecast| / se is a
+nonconformity score, and its ``level`` quantile (with the (n + 1) finite-sample correction)
+is the half-width that covers ``level`` of unseen weeks. The ratio to the normal quantile is
+stored with the model and applied by every forecast, serving included.
+"""
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+
+import numpy as np
+
+from shared.forecasting.models import Forecast, forward
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+MIN_SCORES = 8
+RATIO_LIMITS = (0.25, 4.0)
+
+
+def scores(actual: np.ndarray, prediction: Forecast) -> np.ndarray:
+    """Nonconformity of each unseen week: its distance from the forecast in standard errors."""
+    n = len(actual)
+    transformed = forward(prediction.transform)(np.asarray(actual, float))
+    distance = np.abs(transformed - prediction.mean[:n])
+    # A zero standard error (a seasonal naive on an exactly repeating history) scores by
+    # whether it missed at all.
+    return np.where(prediction.se[:n] > 0, distance / np.where(prediction.se[:n] > 0, prediction.se[:n], 1),
+                    np.where(distance > 0, np.inf, 0.0))
+
+
+def interval_scale(nonconformity: np.ndarray) -> list[list[float]]:
+    """[level, ratio to the normal quantile] for each calibrated level; empty (normal
+    intervals) when too few unseen weeks were scored to say anything."""
+    values = np.sort(np.asarray(nonconformity, float)[np.isfinite(nonconformity)])
+    n = len(values)
+    if n < MIN_SCORES:
+        return []
+    pairs, widest = [], 0.0
+    for level in LEVELS:
+        rank = min(n, math.ceil((n + 1) * level))
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        # Wider levels never get narrower bands than narrower levels.
+        widest = max(widest, float(np.clip(values[rank - 1], RATIO_LIMITS[0] * z, RATIO_LIMITS[1] * z)))
+        pairs.append([level, round(widest / z, 4)])
+    return pairs
+
+
+def coverage(actual: np.ndarray, prediction: Forecast, level: float) -> float:
+    _, lower, upper = prediction.bounds(level)
+    n = len(actual)
+    actual = np.asarray(actual, float)
+    return float(np.mean((actual >= lower[:n]) & (actual <= upper[:n])))
