@@ -1,6 +1,8 @@
 """Model search with Optuna: per ISBN, a seeded TPE study chooses the model family and its
 hyper-parameters by rolling-origin cross-validation inside the training window (the
-holdout stays unseen), with median pruning after each fold.
+holdout stays unseen), with median pruning after each fold. The mean of the best
+configuration of the top families is then scored on the same folds, and chosen when it
+beats the best single model.
 
 The families a study may choose depend on what the history can identify: a seasonal
 difference at 52 needs a year and a half in the shortest fold, a 52-week ETS season or a
@@ -18,9 +20,11 @@ import numpy as np
 
 from shared.forecasting import models
 from shared.forecasting.calibration import scores
-from shared.forecasting.models import SEASON, ModelSpec
+from shared.forecasting.models import COMBINATION, SEASON, ModelSpec
 
 FOLDS = 3
+COMBINE_AT_MOST = 3  # the best configuration of each of the top families
+COMBINATION_TOLERANCE = 1.1
 INTERMITTENT_ZERO_SHARE = 0.3
 FIT_ERRORS = (FloatingPointError, ValueError, np.linalg.LinAlgError, IndexError)
 
@@ -35,7 +39,7 @@ class SearchSpace:
     @classmethod
     def for_history(cls, shortest_fold: int, zero_share: float, max_fourier: int) -> "SearchSpace":
         families = ["harmonic_arima", "ets", "theta"]
-        if shortest_fold >= SEASON + 26:
+        if shortest_fold >= SEASON + 8:  # a seasonal difference leaves at least 8 weeks to fit
             families.insert(1, "sarima")
         if zero_share >= 0.1:
             families.append("tsb")
@@ -104,22 +108,24 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
 
     def objective(trial: "optuna.Trial") -> float:
         spec = suggest(trial, space)
-        errors, nonconformity = [], []
+        errors, predictions = [], []
         for step, cut in enumerate(cuts):
-            actual = y[cut:cut + window]
             try:
                 prediction = models.forecast(models.fit(y[:cut], start, spec), window)
             except FIT_ERRORS:
                 raise optuna.TrialPruned("fit failed")
-            error = actual - prediction.bounds(0.8)[0]
-            errors.append(float(np.sqrt(np.mean(error ** 2)) if intermittent else np.mean(np.abs(error))))
-            nonconformity.extend(scores(actual, prediction).tolist())
+            predictions.append(prediction)
+            errors.append(fold_error(y[cut:cut + window], prediction))
             trial.report(float(np.mean(errors)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        trial.set_user_attr("scores", nonconformity)
+        trial.set_user_attr("predictions", predictions)  # in memory only: for combination and calibration
         trial.set_user_attr("fold_errors", errors)
         return float(np.mean(errors))
+
+    def fold_error(actual: np.ndarray, prediction: models.Forecast) -> float:
+        error = actual - prediction.bounds(0.5)[0]
+        return float(np.sqrt(np.mean(error ** 2)) if intermittent else np.mean(np.abs(error)))
 
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=len(space.families), n_warmup_steps=0))
@@ -129,21 +135,29 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise RuntimeError(f"no Optuna trial of {len(study.trials)} produced a model")
+    leaders: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in sorted(completed, key=lambda t: t.value):
+        leaders.setdefault(t.params["kind"], t)
     best = study.best_trial
-    spec = spec_from_params(best.params)
-    best_by_family = {}
-    for t in completed:
-        family = t.params["kind"]
-        best_by_family[family] = min(best_by_family.get(family, float("inf")), t.value)
+    spec, predictions, errors = spec_from_params(best.params), best.user_attrs["predictions"], best.user_attrs["fold_errors"]
+    members = list(leaders.values())[:COMBINE_AT_MOST]
+    if len(members) >= 2:
+        combined = [models.combine([m.user_attrs["predictions"][i] for m in members]) for i in range(len(cuts))]
+        combined_errors = [fold_error(y[cut:cut + window], p) for cut, p in zip(cuts, combined)]
+        # Selection on a few folds is noisy; a combination is the safer choice unless clearly worse.
+        if np.mean(combined_errors) <= best.value * COMBINATION_TOLERANCE:
+            spec = ModelSpec(kind=COMBINATION, members=tuple(spec_from_params(m.params) for m in members))
+            predictions, errors = combined, combined_errors
+    nonconformity = np.concatenate([scores(y[cut:cut + window], p) for cut, p in zip(cuts, predictions)])
     summary = {
         "family": spec.kind,
         "trials": len(study.trials),
         "completed": len(completed),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "cv_metric": "rmse" if intermittent else "mae",
-        "cv_score": best.value,
-        "cv_fold_errors": best.user_attrs["fold_errors"],
-        "cv_best_by_family": best_by_family,
+        "cv_score": float(np.mean(errors)),
+        "cv_fold_errors": errors,
+        "cv_best_by_family": {family: t.value for family, t in leaders.items()},
         "families_searched": list(space.families),
         "best_params": spec.to_dict(),
         "validation_window_weeks": window,
@@ -153,7 +167,7 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
         "history": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
                     for t in study.trials],
     }
-    return spec, summary, np.asarray(best.user_attrs["scores"], float)
+    return spec, summary, nonconformity
 
 
 def spec_from_params(params: dict) -> ModelSpec:
