@@ -7,7 +7,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_CAPTURE_PRINTS := false
 export ZENML_LOGGING_VERBOSITY := WARN
 
-.PHONY: setup demo test bench up down status logs env lock
+.PHONY: setup demo test bench bench-setup up down status logs env lock
 
 setup: $(STAMP)
 
@@ -21,10 +21,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
-bench: setup
+bench: bench-setup
+	$(PY) -m bench.real_accuracy
 	$(PY) -m bench.training
 	$(PY) -m bench.decisions
 	$(PY) -m bench.forecast
+
+# Benchmark-only packages, pinned here and constrained by the lock: never in a function or the trainer image.
+bench-setup: setup
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -c requirements.lock 'rdata==1.1.0'
 
 up: setup
 	$(PY) -m emulators up

@@ -38,6 +38,7 @@ ARIMA_KINDS = ("harmonic_arima", "sarima")
 FAMILIES = ("harmonic_arima", "sarima", "ets", "theta", "tsb")
 COMBINATION = "combination"
 BASELINE = "seasonal_naive"
+MAX_LOG_UNITS = np.log1p(1e9)  # no interval reaches past a billion units a week
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,10 @@ class Forecast:
     def bounds(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         width = calibrated_multiplier(level, self.interval_scale) * self.se
         back = inverse(self.transform)
+        # A wide band in log space must still come back as a finite number of units.
+        upper = np.minimum(self.mean + width, MAX_LOG_UNITS) if self.transform == "log1p" else self.mean + width
         return (np.clip(back(self.mean), 0, None), np.clip(back(self.mean - width), 0, None),
-                np.clip(back(self.mean + width), 0, None))
+                np.clip(back(upper), 0, None))
 
 
 def forward(transform: str):
