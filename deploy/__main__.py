@@ -91,13 +91,14 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
                         f"--member=serviceAccount:{invoker}"])
     d = topology.defaults
     for sub in topology.subscriptions:
-        endpoint = f"{function_url(project, region, sub.function)}/projects/{project}/topics/{sub.topic}"
-        command = g + ["pubsub", "subscriptions", "create", sub.name, f"--topic={sub.topic}",
-                       f"--push-endpoint={endpoint}", f"--push-auth-service-account={invoker}",
-                       f"--ack-deadline={d.ack_deadline_seconds}", f"--min-retry-delay={d.min_backoff_seconds}s",
-                       f"--max-retry-delay={d.max_backoff_seconds}s"]
-        if sub.dead_letter:
-            command += [f"--dead-letter-topic={d.dead_letter_topic}", f"--max-delivery-attempts={d.max_delivery_attempts}"]
+        command = g + ["pubsub", "subscriptions", "create", sub.name, f"--topic={sub.topic}"]
+        if sub.function:
+            endpoint = f"{function_url(project, region, sub.function)}/projects/{project}/topics/{sub.topic}"
+            command += [f"--push-endpoint={endpoint}", f"--push-auth-service-account={invoker}"]
+        command += [f"--ack-deadline={d.ack_deadline_seconds}", f"--min-retry-delay={d.min_backoff_seconds}s",
+                    f"--max-retry-delay={d.max_backoff_seconds}s"]
+        if sub.dead_letter_to(d):
+            command += [f"--dead-letter-topic={sub.dead_letter_to(d)}", f"--max-delivery-attempts={d.max_delivery_attempts}"]
         out.append(command)
     for job in topology.scheduler_jobs:
         out.append(g + ["scheduler", "jobs", "create", "pubsub", job.name, f"--location={region}",

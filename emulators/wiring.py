@@ -41,15 +41,16 @@ def wire(topology: Topology, project: str, ports, function_ports: dict[str, int]
         request = {
             "name": subscriber.subscription_path(project, sub.name),
             "topic": publisher.topic_path(project, sub.topic),
-            "push_config": {"push_endpoint": push_endpoint(function_ports[sub.function], project, sub.topic)},
             "ack_deadline_seconds": d.ack_deadline_seconds,
             # Without a retry policy the emulator redelivers a failing push every second forever.
             "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=d.min_backoff_seconds),
                              "maximum_backoff": duration_pb2.Duration(seconds=d.max_backoff_seconds)},
         }
-        if sub.dead_letter:
+        if sub.function:
+            request["push_config"] = {"push_endpoint": push_endpoint(function_ports[sub.function], project, sub.topic)}
+        if sub.dead_letter_to(d):
             request["dead_letter_policy"] = {
-                "dead_letter_topic": publisher.topic_path(project, d.dead_letter_topic),
+                "dead_letter_topic": publisher.topic_path(project, sub.dead_letter_to(d)),
                 "max_delivery_attempts": d.max_delivery_attempts}
         try:
             subscriber.create_subscription(request=request)

@@ -83,7 +83,7 @@ def send(cfg: Settings, store: RunStore, alert: Alert) -> bool:
                 extra={"alert_key": alert.key, "severity_level": alert.severity})
     channels = []
     if cfg.alerts.slack_webhook_url:
-        channels.append(("slack", lambda: _post_slack(cfg.alerts.slack_webhook_url, alert)))
+        channels.append(("slack", lambda: _post_slack(cfg.alerts.slack_webhook_url.get_secret_value(), alert)))
     if cfg.alerts.email_to and cfg.alerts.smtp_host:
         channels.append(("email", lambda: _send_email(cfg, alert)))
     for name, deliver in channels:

@@ -24,33 +24,41 @@ def _store(cfg):
 
 
 def cmd_train(args, cfg) -> int:
-    from shared.launch import launcher_for, training_request
+    from shared.jobs import DecidedSeries, decided_from_files, prepare_run
+    from shared.launch import launcher_for
+    from shared.sales import UploadRejected, UploadRules
     from shared.training.worker import execute
 
     store = _store(cfg)
     if args.file:
-        sources = [str(Path(f).resolve()) for f in args.file]
-        isbns = args.isbn or []
+        try:
+            series, problems = decided_from_files(args.file, UploadRules(prefix=cfg.upload_prefix))
+        except UploadRejected as rejected:
+            console.print("[red]" + "\n".join(rejected.reasons) + "[/]")
+            return 2
+        for isbn, problem in problems.items():
+            console.print(f"[yellow]{isbn} not trained[/]: {problem}")
+        series = {i: s for i, s in series.items() if not args.isbn or i in args.isbn}
     else:
-        series = store.all_series()
-        isbns = args.isbn or sorted(series)
-        unknown = [i for i in isbns if i not in series]
+        stored = store.all_series()
+        isbns = args.isbn or sorted(stored)
+        unknown = [i for i in isbns if i not in stored]
         if unknown or not isbns:
             console.print(f"[red]no uploaded data for {unknown or 'any ISBN'}[/]: upload first or pass --file")
             return 2
-        sources = sorted({s for i in isbns for s in series[i]["sources"]})
+        series = {i: DecidedSeries.of(stored[i]["weeks"], stored[i]["sources"]) for i in isbns}
     correlation_id = f"cli-{uuid.uuid4().hex[:12]}"
     cause = {"kind": "forced", "key": correlation_id, "forced": True, "by": "bookcast train"}
     launcher = args.launcher or "local"
-    run_id = store.create_run(isbns, cause, correlation_id, launcher)
-    request = training_request(cfg, run_id, isbns, sources, correlation_id, cause, launcher)
+    request = prepare_run(cfg, store, series, cause, correlation_id, launcher)
+    run_id = request.run_id
     if launcher == "vertex":
         info = launcher_for(cfg, "vertex").launch(request)
         store.update_run(run_id, launch=info.detail | {"handle": info.handle})
         console.print_json(json.dumps(info.detail))
         return 0
     console.print(f"run [bold]{run_id}[/] (correlation id {correlation_id})")
-    summary = execute(request)
+    summary = execute(request.model_dump(mode="json"))
     _results_table(summary["results"])
     console.print(f"run {run_id}: [bold]{summary['status']}[/]")
     return 0 if summary["status"] != "failed" else 1

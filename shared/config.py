@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Profile = Literal["development", "test", "production"]
@@ -61,10 +61,13 @@ class VertexSettings(BaseModel):
 
 
 class AlertSettings(BaseModel):
-    slack_webhook_url: str | None = None
+    # Secrets never leave the process that reads them: excluded from every dump (job
+    # requests, Vertex arguments, dry-run files) and masked in reprs and logs. In the
+    # cloud they come from Secret Manager through the environment.
+    slack_webhook_url: SecretStr | None = Field(None, exclude=True)
     email_to: list[str] = []
     email_from: str = "bookcast-monitor@localhost"
-    smtp_host: str | None = None
+    smtp_host: str | None = Field(None, exclude=True)
     smtp_port: int = 25
     dedup_window_minutes: int = 240
     failed_run_lookback_hours: int = 24

@@ -19,6 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 SCHEMA_VERSION = "1"
 
 
+class Topics:
+    """The topic names of deploy/topology.yaml that code publishes to or routes by."""
+    SALES_UPLOADS = "sales-uploads"
+    RETRAIN_TICKS = "retrain-ticks"
+    TRAINING_REQUESTS = "training-requests"
+    RECONCILE_TICKS = "reconcile-ticks"
+    TRAINING_EVENTS = "training-events"
+    REJECTED_INPUT = "rejected-input"
+    DEAD_LETTERS = "dead-letters"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -84,8 +95,19 @@ class RejectedInput(Event):
     reasons: list[str]
 
 
+class MessageRejected(Event):
+    """A message a function acknowledged without acting on it, because no redelivery could
+    make it acceptable (malformed, of the wrong schema for its topic, ...)."""
+    event_type: Literal["message.rejected"] = "message.rejected"
+    function: str
+    topic: str | None
+    message_id: str
+    delivery_key: str
+    reason: str
+
+
 OurEvent = Annotated[
-    Union[ScheduleTick, TrainingRequest, TrainingEvent, ModelChange, RejectedInput],
+    Union[ScheduleTick, TrainingRequest, TrainingEvent, ModelChange, RejectedInput, MessageRejected],
     Field(discriminator="event_type"),
 ]
 _OUR_EVENT = TypeAdapter(OurEvent)
@@ -100,7 +122,16 @@ class GcsObject(BaseModel):
     size: int = 0
     md5Hash: str | None = None
     contentType: str | None = None
+    timeCreated: datetime | None = None
     metadata: dict[str, str] = {}
+
+    @property
+    def upload_order(self) -> str:
+        from shared.sales import upload_order
+
+        # A generation is the object's creation time in microseconds, in GCS as in the emulator.
+        created = self.timeCreated or datetime.fromtimestamp(int(self.generation) / 1e6, timezone.utc)
+        return upload_order(created, self.generation)
 
     @property
     def upload_key(self) -> str:
@@ -158,13 +189,15 @@ class PubSubMessage(BaseModel):
     def correlation_id(self) -> str | None:
         if "correlation_id" in self.attributes:
             return self.attributes["correlation_id"]
-        if self.is_gcs_notification:
-            return self.gcs_object().correlation_id
-        try:  # a hand-published event may carry its correlation id only in the payload
-            payload = self.payload()
-        except ValueError:
+        # Never raises: it is read before any handler decides whether the message is valid.
+        try:
+            if self.is_gcs_notification:
+                return self.gcs_object().correlation_id
+            payload = self.payload()  # a hand-published event may carry it only in the payload
+        except ValueError:  # pydantic's ValidationError is one
             return None
-        return payload.get("correlation_id") if isinstance(payload, dict) else None
+        cid = payload.get("correlation_id") if isinstance(payload, dict) else None
+        return cid if isinstance(cid, str) else None
 
     def event(self) -> Event:
         return _OUR_EVENT.validate_python(self.payload())

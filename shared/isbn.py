@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import re
 
-_ISBN13 = re.compile(r"^97[89]\d{10}$")
+from shared.text import quoted
+
+# ASCII digits only: \d also matches '٩' and '９', which int() accepts and no publisher means.
+_ISBN13 = re.compile(r"^97[89][0-9]{10}$")
 
 
 def check_digit(first12: str) -> str:
@@ -19,9 +22,9 @@ def problem(raw: str) -> str | None:
     """Why ``raw`` is not a valid ISBN-13, or None when it is."""
     isbn = normalise(raw)
     if not _ISBN13.match(isbn):
-        return f"{raw!r} is not an ISBN-13 (13 digits starting 978 or 979)"
+        return f"{quoted(raw)} is not an ISBN-13 (13 digits starting 978 or 979)"
     if isbn[-1] != check_digit(isbn[:12]):
-        return f"{raw!r} has a bad check digit (expected {check_digit(isbn[:12])})"
+        return f"{quoted(raw)} has a bad check digit (expected {check_digit(isbn[:12])})"
     return None
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.config import Settings
+from shared.jobs import TrainingJob
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,7 +37,7 @@ class LaunchInfo:
 class Launcher(Protocol):
     name: str
 
-    def launch(self, request: dict) -> LaunchInfo: ...
+    def launch(self, job: TrainingJob) -> LaunchInfo: ...
 
 
 class LocalLauncher:
@@ -45,13 +46,13 @@ class LocalLauncher:
     def __init__(self, cfg: Settings):
         self.cfg = cfg
 
-    def launch(self, request: dict) -> LaunchInfo:
+    def launch(self, job: TrainingJob) -> LaunchInfo:
         state = Path(self.cfg.state_dir).resolve()
         runs = state / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        request_file = runs / f"{request['run_id']}-a{request.get('attempt', 1)}.json"
-        request_file.write_text(json.dumps(request, indent=2))
-        log_file = state / "logs" / f"worker-{request['run_id']}.log"
+        request_file = runs / f"{job.run_id}-a{job.attempt}.json"
+        request_file.write_text(job.model_dump_json(indent=2))
+        log_file = state / "logs" / f"worker-{job.run_id}.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "ZENML_CONFIG_PATH": os.environ.get("ZENML_CONFIG_PATH", str(state / "zenml")),
                "ZENML_ANALYTICS_OPT_IN": "false", "ZENML_CAPTURE_PRINTS": "false", "PYTHONUNBUFFERED": "1"}
@@ -61,8 +62,8 @@ class LocalLauncher:
                                     start_new_session=True)
         # Reap the job when it ends, or every finished training leaves a zombie in the function.
         threading.Thread(target=proc.wait, daemon=True).start()
-        log.info("launched local training %s (pid %d)", request["run_id"], proc.pid,
-                 extra={"run_id": request["run_id"], "log": str(log_file)})
+        log.info("launched local training %s (pid %d)", job.run_id, proc.pid,
+                 extra={"run_id": job.run_id, "log": str(log_file)})
         return LaunchInfo("local", str(proc.pid), {"pid": proc.pid, "log": str(log_file), "request": str(request_file)})
 
 
@@ -72,7 +73,7 @@ class VertexLauncher:
     def __init__(self, cfg: Settings):
         self.cfg = cfg
 
-    def build_request(self, request: dict):
+    def build_request(self, job: TrainingJob):
         from google.cloud.aiplatform_v1.types import (ContainerSpec, CreateCustomJobRequest, CustomJob, CustomJobSpec,
                                                       EnvVar, MachineSpec, Scheduling, WorkerPoolSpec)
         from google.protobuf import duration_pb2
@@ -81,52 +82,44 @@ class VertexLauncher:
         env = [EnvVar(name=k, value=os.environ[k]) for k in FORWARDED_ENV if k in os.environ]
         env.append(EnvVar(name="BOOKCAST_LAUNCHER", value="vertex"))
         container = ContainerSpec(image_uri=v.image, command=["python", "-m", "shared.training.worker"],
-                                  args=["--request-json", json.dumps({**request, "launcher": "vertex"})], env=env)
-        job = CustomJob(
-            display_name=f"bookcast-{request['run_id']}",
-            labels={"app": "bookcast", "run-id": request["run_id"].lower()[:63],
-                    "correlation-id": request["correlation_id"].lower().replace(":", "-")[:63]},
+                                  args=["--request-json", job.model_copy(update={"launcher": "vertex"}).model_dump_json()],
+                                  env=env)
+        custom_job = CustomJob(
+            display_name=f"bookcast-{job.run_id}",
+            labels={"app": "bookcast", "run-id": job.run_id.lower()[:63],
+                    "correlation-id": job.correlation_id.lower().replace(":", "-")[:63]},
             job_spec=CustomJobSpec(
                 worker_pool_specs=[WorkerPoolSpec(machine_spec=MachineSpec(machine_type=v.machine_type),
                                                   replica_count=1, container_spec=container)],
                 service_account=v.service_account,
-                base_output_directory={"output_uri_prefix": f"{v.staging_bucket}/runs/{request['run_id']}"},
+                base_output_directory={"output_uri_prefix": f"{v.staging_bucket}/runs/{job.run_id}"},
                 scheduling=Scheduling(timeout=duration_pb2.Duration(seconds=4 * 3600)),
             ),
         )
-        return CreateCustomJobRequest(parent=f"projects/{v.project}/locations/{v.region}", custom_job=job)
+        return CreateCustomJobRequest(parent=f"projects/{v.project}/locations/{v.region}", custom_job=custom_job)
 
-    def launch(self, request: dict) -> LaunchInfo:
+    def launch(self, job: TrainingJob) -> LaunchInfo:
         from google.cloud.aiplatform_v1.types import CreateCustomJobRequest
 
-        create = self.build_request(request)
+        create = self.build_request(job)
         endpoint = f"{self.cfg.vertex.region}-aiplatform.googleapis.com"
         body = json.loads(CreateCustomJobRequest.to_json(create))
         if self.cfg.vertex.dry_run:
-            out = Path(self.cfg.state_dir).resolve() / "vertex" / f"{request['run_id']}.json"
+            out = Path(self.cfg.state_dir).resolve() / "vertex" / f"{job.run_id}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"endpoint": endpoint, "method": "JobService.CreateCustomJob",
                                        "request": body}, indent=2))
-            log.info("vertex dry run: request for %s written to %s", request["run_id"], out,
-                     extra={"run_id": request["run_id"], "endpoint": endpoint})
+            log.info("vertex dry run: request for %s written to %s", job.run_id, out,
+                     extra={"run_id": job.run_id, "endpoint": endpoint})
             return LaunchInfo("vertex", str(out), {"dry_run": True, "endpoint": endpoint, "request": body})
         from google.cloud.aiplatform_v1 import JobServiceClient
 
-        job = JobServiceClient(client_options={"api_endpoint": endpoint}).create_custom_job(request=create)
-        log.info("submitted Vertex custom job %s", job.name, extra={"run_id": request["run_id"]})
-        return LaunchInfo("vertex", job.name, {"dry_run": False, "endpoint": endpoint, "job": job.name})
+        created = JobServiceClient(client_options={"api_endpoint": endpoint}).create_custom_job(request=create)
+        log.info("submitted Vertex custom job %s", created.name, extra={"run_id": job.run_id})
+        return LaunchInfo("vertex", created.name, {"dry_run": False, "endpoint": endpoint, "job": created.name})
 
 
 def launcher_for(cfg: Settings, name: str | None = None) -> Launcher:
     chosen = name or cfg.launcher
     return {"local": LocalLauncher, "vertex": VertexLauncher}[chosen](cfg)
 
-
-def training_request(cfg: Settings, run_id: str, isbns: list[str], sources: list[str], correlation_id: str,
-                     cause: dict, launcher: str, attempt: int = 1) -> dict:
-    """Everything a training job needs, as JSON: it travels in a file or a Vertex arg."""
-    from shared.training.flow import code_version
-
-    return {"run_id": run_id, "isbns": sorted(isbns), "sources": sorted(sources), "correlation_id": correlation_id,
-            "cause": cause, "launcher": launcher, "attempt": attempt, "code_version": code_version(),
-            "settings": cfg.model_dump(mode="json")}

@@ -15,6 +15,7 @@ from shared.runstore import RunStore, expires, now
 
 log = get_logger(__name__)
 COLLECTION = "leases"
+OUTBOX = "follow_ups"  # follow-up requests written with the release, published after it
 
 
 def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | None]:
@@ -45,21 +46,58 @@ def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: lis
     return leased, busy
 
 
-def release_all(store: RunStore, run_id: str, request_follow_ups: bool = True) -> dict[str, list[dict]]:
+def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
     """Free the run's leases; returns the follow-up causes queued on them, per ISBN, and
-    publishes them as one training request so nothing that arrived meanwhile is lost."""
+    publishes them as one training request so nothing that arrived meanwhile is lost.
+
+    Reading the follow-ups and deleting the leases is one transaction: a cause queueing a
+    follow-up at the same moment either lands before (and is handed off here) or finds the
+    ISBN free and leases it itself. The request is written to an outbox in that transaction
+    and published after it, so a failed publish is retried (flush_follow_ups), not lost."""
     from google.cloud import firestore
 
-    follow_ups: dict[str, list[dict]] = {}
-    leases = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id)).stream()
-    for snap in leases:
-        lease = snap.to_dict()
-        if lease.get("follow_ups"):
-            follow_ups[lease["isbn"]] = lease["follow_ups"]
-        snap.reference.delete()
-    if follow_ups and request_follow_ups:
-        request_follow_up(store, run_id, follow_ups)
+    def work(transaction) -> dict[str, list[dict]]:
+        query = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id))
+        follow_ups: dict[str, list[dict]] = {}
+        for snap in list(transaction.get(query)):
+            lease = snap.to_dict()
+            if lease.get("follow_ups"):
+                follow_ups[lease["isbn"]] = lease["follow_ups"]
+            transaction.delete(snap.reference)
+        if follow_ups:
+            transaction.set(store.col(OUTBOX).document(run_id),
+                            {"request": follow_up_request(run_id, follow_ups).model_dump(mode="json"),
+                             "published": False, "at": now()})
+        return follow_ups
+
+    follow_ups = store.in_transaction(work)
+    if follow_ups:
+        flush_follow_ups(store, [run_id])
     return follow_ups
+
+
+def flush_follow_ups(store: RunStore, run_ids: list[str] | None = None) -> int:
+    """Publish the follow-up requests still in the outbox (all of them, or these runs')."""
+    from google.cloud import firestore
+
+    from shared.events import Topics, TrainingRequest
+    from shared.pubsub import publish
+
+    if run_ids is None:
+        pending = store.col(OUTBOX).where(filter=firestore.FieldFilter("published", "==", False)).stream()
+    else:
+        pending = (store.col(OUTBOX).document(r).get() for r in run_ids)
+    count = 0
+    for snap in pending:
+        entry = snap.to_dict() if snap.exists else None
+        if not entry or entry["published"]:
+            continue
+        request = TrainingRequest.model_validate(entry["request"])
+        publish(store.cfg, Topics.TRAINING_REQUESTS, request)
+        snap.reference.update({"published": True})
+        log.info("follow-up requested for %s after %s", request.isbns, snap.id)
+        count += 1
+    return count
 
 
 def extend(store: RunStore, run_id: str, ttl_seconds: int) -> int:
@@ -101,16 +139,14 @@ class Heartbeat:
         self.thread.join(timeout=5)
 
 
-def request_follow_up(store: RunStore, run_id: str, follow_ups: dict[str, list[dict]]) -> None:
+def follow_up_request(run_id: str, follow_ups: dict[str, list[dict]]):
     from shared.events import TrainingRequest
-    from shared.pubsub import publish
 
     causes = [c for cs in follow_ups.values() for c in cs]
-    publish(store.cfg, "training-requests", TrainingRequest(
+    return TrainingRequest(
         correlation_id=causes[0].get("correlation_id", run_id), isbns=sorted(follow_ups),
         force=any(c.get("forced") for c in causes), requested_by=f"follow-up of {run_id}",
-        reason="causes that arrived during " + run_id + ": " + ", ".join(sorted({c.get("kind", "?") for c in causes}))))
-    log.info("follow-up requested for %s after %s", sorted(follow_ups), run_id)
+        reason="causes that arrived during " + run_id + ": " + ", ".join(sorted({c.get("kind", "?") for c in causes})))
 
 
 def expired(store: RunStore, at: datetime | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ import requests
 from shared import model_store
 from shared.alerting import Alert, send
 from shared.config import Settings
-from shared.events import PubSubMessage
+from shared.events import MessageRejected, PubSubMessage, Topics
+from shared.failures import PermanentFailure, parse
 from shared.logs import get_logger
 from shared.runstore import RunStore, now
 
@@ -25,11 +26,14 @@ log = get_logger(__name__)
 
 def event_alerts(message: PubSubMessage) -> list[Alert]:
     cid = message.correlation_id
-    if message.topic == "dead-letters" or "CloudPubSubDeadLetterSourceSubscription" in message.attributes:
+    if message.topic == Topics.DEAD_LETTERS or "CloudPubSubDeadLetterSourceSubscription" in message.attributes:
         source = message.attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
         return [Alert(f"dead-letter:{message.message_id}", "critical", "A message could not be processed",
                       f"after every retry from {source}; attributes {message.attributes}", cid)]
-    event = message.payload() if message.data else {}
+    try:
+        event = message.payload() if message.data else {}
+    except ValueError:
+        raise PermanentFailure(f"event on {message.topic} is not JSON") from None
     kind = message.attributes.get("event_type")
     if kind == "training.status":
         failed = [r for r in event.get("results", []) if r["status"] in ("failed", "refused")]
@@ -48,6 +52,11 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
     if kind == "input.rejected":
         return [Alert(f"rejected:{event['bucket']}/{event['object_name']}#{event['generation']}", "warning",
                       f"Upload rejected: {event['object_name']}", "\n".join(event["reasons"][:20]), cid)]
+    if kind == "message.rejected":
+        rejected = parse(MessageRejected, message)
+        return [Alert(f"rejected-message:{rejected.delivery_key}", "warning",
+                      f"{rejected.function} rejected a message on {rejected.topic} for good",
+                      f"message {rejected.message_id}: {rejected.reason}", cid)]
     if kind == "model.changed" and event.get("action") == "rollback":
         return [Alert(f"rollback:{event['isbn']}:{event['to_version']}", "warning",
                       f"{event['isbn']} rolled back v{event['from_version']} → v{event['to_version']}",
@@ -117,7 +126,7 @@ def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = N
         retried = reap_expired_leases(cfg, store)
         alerts = health_alerts(cfg) + failed_run_alerts(cfg, store)
         if model_store.healthy(cfg):
-            alerts += model_alerts(cfg, sorted(store.all_series()))
+            alerts += model_alerts(cfg, sorted(store.series_isbns()))
     else:
         alerts = event_alerts(message)
     sent = [a.key for a in alerts if send(cfg, store, a)]

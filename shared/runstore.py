@@ -112,6 +112,10 @@ class RunStore:
     def all_series(self) -> dict[str, dict]:
         return {d.id: d.to_dict() for d in self.col("series").stream()}
 
+    def series_isbns(self) -> set[str]:
+        """The ISBNs with data, without reading their weeks."""
+        return {d.id for d in self.col("series").select([]).stream()}
+
     # --- alias history ----------------------------------------------------------------------
     def record_alias_move(self, isbn: str, model_name: str, alias: str, from_version: str | None,
                           to_version: str, action: str, reason: str, actor: str, correlation_id: str,

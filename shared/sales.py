@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import pandas as pd
 
 from shared import isbn as isbn_rules
+from shared.text import quoted
 
 COLUMNS = ("isbn", "week", "units")
 MAX_UNITS = 1_000_000
 MAX_REASONS = 50
+# Bounds every stored series to ~2,900 weeks, so one ISBN's documents stay far below
+# Firestore's 1 MiB whatever the file says (a week of 0001-01-01 would be 105k weeks).
+FIRST_WEEK = date(1970, 1, 5)
 
 
 class UploadRejected(ValueError):
@@ -74,6 +79,7 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
 
     reasons: list[str] = []
     rows: list[tuple[str, date, int]] = []
+    with_bad_rows: set[str] = set()  # a refused row is reported once, not again as a gap
     current_week = rules.current_week()
     for index, (raw_isbn, raw_week, raw_units) in enumerate(frame[list(COLUMNS)].itertuples(index=False)):
         where = f"{name}:{index + 2}"  # row 1 is the header
@@ -81,33 +87,42 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
         if problem:
             reasons.append(f"{where}: isbn: {problem}")
             continue
+        rows_before = len(reasons)
         try:
             week = date.fromisoformat(str(raw_week).strip()[:10])
         except ValueError:
-            reasons.append(f"{where}: week: {raw_week!r} is not a date (YYYY-MM-DD)")
+            reasons.append(f"{where}: week: {quoted(raw_week)} is not a date (YYYY-MM-DD)")
             continue
         try:
             units_float = float(raw_units)
         except ValueError:
-            reasons.append(f"{where}: units: {raw_units!r} is not a number")
+            reasons.append(f"{where}: units: {quoted(raw_units)} is not a number")
             continue
-        if units_float != int(units_float):
-            reasons.append(f"{where}: units: {raw_units!r} is not a whole number")
+        if not math.isfinite(units_float):  # 'nan', 'inf' and '1e400' all parse as floats
+            reasons.append(f"{where}: units: {quoted(raw_units)} is not a finite number")
+        elif units_float != int(units_float):
+            reasons.append(f"{where}: units: {quoted(raw_units)} is not a whole number")
         elif units_float < 0:
-            reasons.append(f"{where}: units: negative value {raw_units}")
+            reasons.append(f"{where}: units: negative value {units_float:g}")
         elif units_float > MAX_UNITS:
-            reasons.append(f"{where}: units: {raw_units} is implausibly large (limit {MAX_UNITS})")
+            reasons.append(f"{where}: units: {units_float:g} is implausibly large (limit {MAX_UNITS})")
         elif week.weekday() != 0:
             reasons.append(f"{where}: week: {week} is a {week:%A}; weeks are given by their Monday")
         elif week > current_week:
             reasons.append(f"{where}: week: {week} is in the future")
+        elif week < FIRST_WEEK:
+            reasons.append(f"{where}: week: {week} is before {FIRST_WEEK}")
         else:
             rows.append((isbn_rules.normalise(raw_isbn), week, int(units_float)))
+        if len(reasons) > rows_before:
+            with_bad_rows.add(isbn_rules.normalise(raw_isbn))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     duplicated = table[table.duplicated(["isbn", "week"], keep=False)]
     for (isbn, week), _ in duplicated.groupby(["isbn", "week"]):
         reasons.append(f"{name}: duplicate: {isbn} week {week} appears more than once")
     for isbn, weeks in table.drop_duplicates(["isbn", "week"]).groupby("isbn")["week"]:
+        if isbn in with_bad_rows:
+            continue
         gaps = missing_weeks(sorted(weeks))
         if gaps:
             reasons.append(f"{name}: gap: {isbn} has no row for {len(gaps)} week(s) from {gaps[0]} "
@@ -115,16 +130,6 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
     if reasons:
         raise UploadRejected(name, reasons)
     return table.sort_values(["isbn", "week"]).reset_index(drop=True)
-
-
-def isbns_mentioned(name: str, content: bytes) -> set[str] | None:
-    """The ISBNs a (possibly invalid) upload speaks of, or None if it cannot be read at all."""
-    try:
-        frame = _read_frame(name, content)
-    except UploadRejected:
-        return None
-    frame.columns = [str(c).strip().lower() for c in frame.columns]
-    return {isbn_rules.normalise(v) for v in frame["isbn"]} if "isbn" in frame.columns else None
 
 
 def missing_weeks(weeks: list[date]) -> list[date]:
@@ -146,13 +151,39 @@ def weeks_of(rows: pd.DataFrame) -> dict[str, int]:
     return {str(w): int(u) for w, u in zip(rows["week"], rows["units"])}
 
 
-def merge(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Later uploads override earlier ones week by week."""
-    if not frames:
-        return pd.DataFrame(columns=list(COLUMNS))
-    combined = pd.concat(frames, ignore_index=True)
-    return (combined.drop_duplicates(["isbn", "week"], keep="last")
-            .sort_values(["isbn", "week"]).reset_index(drop=True))
+def upload_order(time_created: datetime, generation: int | str) -> str:
+    """Where an upload stands among all uploads: by the time GCS created it, then by its
+    generation (microseconds, unique per object). Sorts as text; never the object's name
+    and never the order in which notifications happened to be processed."""
+    created = time_created.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+    return f"{created}/{int(generation):020d}"
+
+
+@dataclass(frozen=True)
+class MergedSeries:
+    """An ISBN's weeks as merged from every upload, with the order of the upload that set
+    each week's value (``weeks`` and ``orders`` map ISO week → units / upload order)."""
+    weeks: dict[str, int]
+    orders: dict[str, str]
+
+    def merged(self, incoming: dict[str, int], order: str) -> "MergedSeries":
+        """The merge rule, the only one: newest upload wins, week by week. A week takes the
+        incoming value unless a newer upload already set it, so any processing order of the
+        same uploads gives the same series."""
+        weeks, orders = dict(self.weeks), dict(self.orders)
+        for week, units in incoming.items():
+            if orders.get(week, "") <= order:
+                weeks[week], orders[week] = int(units), order
+        return MergedSeries(weeks, orders)
+
+
+def merge_uploads(uploads: list[tuple[str, pd.DataFrame]]) -> dict[str, MergedSeries]:
+    """Per ISBN, the merge of (upload order, validated rows) pairs given in any order."""
+    merged: dict[str, MergedSeries] = {}
+    for order, rows in uploads:
+        for isbn, group in rows.groupby("isbn"):
+            merged[isbn] = merged.get(isbn, MergedSeries({}, {})).merged(weeks_of(group), order)
+    return merged
 
 
 def to_csv(frame: pd.DataFrame) -> bytes:

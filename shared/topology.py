@@ -51,10 +51,16 @@ class Defaults(Strict):
 
 
 class Subscription(Strict):
+    """A push subscription to a function, or without one a pull subscription that keeps
+    messages for inspection."""
     name: str
     topic: str
-    function: str
+    function: str | None = None
     dead_letter: bool = True
+    dead_letter_topic: str | None = None  # instead of the default one
+
+    def dead_letter_to(self, defaults: "Defaults") -> str | None:
+        return (self.dead_letter_topic or defaults.dead_letter_topic) if self.dead_letter else None
 
 
 class SchedulerJob(Strict):
@@ -81,11 +87,12 @@ class Topology(Strict):
         topics = {t.name for t in self.topics}
         functions = {f.name for f in self.functions}
         wanted = [s.topic for s in self.subscriptions] + [j.topic for j in self.scheduler_jobs]
+        wanted += [s.dead_letter_topic for s in self.subscriptions if s.dead_letter_topic]
         wanted += [n.topic for b in self.buckets for n in b.notifications] + [self.defaults.dead_letter_topic]
         unknown = sorted(set(wanted) - topics)
         if unknown:
             raise ValueError(f"topology refers to undeclared topics: {unknown}")
-        missing = sorted({s.function for s in self.subscriptions} - functions)
+        missing = sorted({s.function for s in self.subscriptions if s.function} - functions)
         if missing:
             raise ValueError(f"topology refers to undeclared functions: {missing}")
 

@@ -1,11 +1,17 @@
 """trigger_training's logic: uploads, scheduled ticks and manual requests become recorded
 decisions and at most one training run per cause.
 
-At-least-once delivery is absorbed in one Firestore transaction per cause: the cause
-document (keyed by upload (bucket, object, generation), tick time or request id), the
-message id, the series, the decisions, the leases and the run are written together or not
-at all. Work after the commit (launching, publishing) is marked done on the cause, so a
-redelivery finishes what a crash interrupted instead of doing it twice.
+Messages are routed by the topic they arrived on and parsed as that topic's schema; what
+does not parse is a PermanentFailure (recorded, acknowledged, alerted once), never a retry.
+
+At-least-once delivery is absorbed by the cause document (keyed by upload (bucket, object,
+generation), tick time or request id). A cause is decided in ISBN groups, one Firestore
+transaction each (merge, decisions, leases, the decided series' snapshot, and a marker for
+the group), so no transaction nears Firestore's limits whatever the file's size, and a
+redelivery, a concurrent delivery or the reconciler resumes with the groups not yet done.
+A last transaction creates the run from the groups' markers. Work after that (launching,
+publishing) is marked done on the cause, so a redelivery finishes what a crash
+interrupted instead of doing it twice.
 """
 from __future__ import annotations
 
@@ -13,22 +19,33 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from google.api_core.exceptions import NotFound
+from google.api_core.exceptions import AlreadyExists, NotFound
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import leases, model_store, sales
 from shared.config import Settings
 from shared.decisions import Decision, decide
-from shared.events import GcsObject, PubSubMessage, RejectedInput, TrainingEvent, TrainingRequest
+from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
+                           TrainingRequest)
+from shared.failures import PermanentFailure, parse
+from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
 from shared.logs import correlated, get_logger
 from shared.runstore import RunStore, now
 
 log = get_logger(__name__)
 
+# ISBNs decided per transaction. A group writes its series, decisions, leases and snapshot:
+# with series bounded to ~2,900 weeks (sales.FIRST_WEEK) that is at most ~2 MB, and ~0.3 MB
+# for 500 weeks, against the 4 MiB gRPC message and 10 MiB request limits.
+GROUP_ISBNS = 8
+DECIDING, ACCEPTED, REJECTED = "deciding", "accepted", "rejected"
+GROUPS = "groups"  # the per-group markers, a subcollection of the cause
+
 
 @dataclass
 class Cause:
     key: str
-    kind: str                      # upload | schedule | request | follow-up
+    kind: str                      # upload | schedule | request | follow-up | retry
     correlation_id: str
     message_id: str
     delivery_key: str
@@ -43,7 +60,7 @@ class Cause:
 
 @dataclass
 class Outcome:
-    status: str                    # accepted | rejected | duplicate | ignored
+    status: str                    # accepted | rejected | duplicate
     detail: str
     run_id: str | None = None
     decisions: list[Decision] = field(default_factory=list)
@@ -51,58 +68,76 @@ class Outcome:
 
 # --- entry point ------------------------------------------------------------------------------
 def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None) -> Outcome:
+    route = ROUTES.get(message.topic or "")
+    if route is None:
+        raise PermanentFailure(f"trigger_training does not consume topic {message.topic!r}")
     store = store or RunStore(cfg)
     if store.get("messages", message.delivery_key):
         return Outcome("duplicate", f"message {message.message_id} was already handled")
-    if message.is_gcs_notification:
-        return handle_upload(cfg, store, message)
-    event_type = message.attributes.get("event_type") or _payload_type(message)
-    if event_type == "schedule.tick":
-        job = (message.payload() or {}).get("job", "unknown")
-        cause = Cause(key=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", kind="schedule",
-                      correlation_id=f"tick-{job}-{message.publish_time:%Y%m%dT%H%M}", message_id=message.message_id,
-                      delivery_key=message.delivery_key,
-                      detail={"job": job, "publish_time": message.publish_time.isoformat()})
-        return handle_isbns(cfg, store, cause, isbns=None)
-    if event_type == "training.requested":
-        request = TrainingRequest.model_validate(message.payload())
-        cause = Cause(key=f"request-{message.delivery_key}", kind="follow-up" if "follow-up" in request.requested_by
-                      else "request", correlation_id=request.correlation_id, message_id=message.message_id,
-                      delivery_key=message.delivery_key,
-                      forced=request.force, detail={"requested_by": request.requested_by, "reason": request.reason})
-        return handle_isbns(cfg, store, cause, isbns=request.isbns or None)
-    log.warning("ignored a message of unknown type %r", event_type, extra={"attributes": message.attributes})
-    return Outcome("ignored", f"unknown event type {event_type!r}")
+    return route(cfg, store, message)
 
 
-def _payload_type(message: PubSubMessage) -> str | None:
-    """Hand-published messages (`gcloud pubsub topics publish`) often carry no attributes;
-    our events also name their type in the payload."""
-    try:
-        payload = message.payload()
-    except ValueError:
-        return None
-    return payload.get("event_type") if isinstance(payload, dict) else None
+def on_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
+    if not message.is_gcs_notification:
+        raise PermanentFailure(f"not a GCS object notification on {message.topic}: attributes {message.attributes}")
+    obj = parse(GcsObject, message)
+    return handle_upload(cfg, store, obj, message.message_id, message.delivery_key)
+
+
+def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
+    tick = parse(ScheduleTick, message)
+    key = f"tick-{tick.job}-{message.publish_time:%Y%m%dT%H%M}"
+    cause = Cause(key=key, kind="schedule", correlation_id=key, message_id=message.message_id,
+                  delivery_key=message.delivery_key, detail={"job": tick.job, "publish_time": message.publish_time.isoformat()})
+    return handle_isbns(cfg, store, cause, isbns=None)
+
+
+def on_request(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
+    request = parse(TrainingRequest, message)
+    cause = Cause(key=f"request-{message.delivery_key}", kind="follow-up" if "follow-up" in request.requested_by
+                  else "request", correlation_id=request.correlation_id, message_id=message.message_id,
+                  delivery_key=message.delivery_key,
+                  forced=request.force, detail={"requested_by": request.requested_by, "reason": request.reason})
+    return handle_isbns(cfg, store, cause, isbns=request.isbns or None)
+
+
+def on_reconcile_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
+    from shared.reconcile import reconcile
+
+    parse(ScheduleTick, message)
+    replayed = reconcile(cfg, store)
+    flushed = leases.flush_follow_ups(store)
+    return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested")
+
+
+ROUTES = {Topics.SALES_UPLOADS: on_upload, Topics.RETRAIN_TICKS: on_tick,
+          Topics.TRAINING_REQUESTS: on_request, Topics.RECONCILE_TICKS: on_reconcile_tick}
 
 
 # --- uploads ----------------------------------------------------------------------------------
-def handle_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
-    obj = message.gcs_object()
-    cause = Cause(key=f"upload-{obj.upload_key}", kind="upload", correlation_id=obj.correlation_id,
-                  message_id=message.message_id, delivery_key=message.delivery_key,
+def upload_cause_key(obj: GcsObject) -> str:
+    return f"upload-{obj.upload_key}"
+
+
+def handle_upload(cfg: Settings, store: RunStore, obj: GcsObject, message_id: str, delivery_key: str) -> Outcome:
+    source = f"gs://{obj.bucket}/{obj.name}#{obj.generation}"
+    cause = Cause(key=upload_cause_key(obj), kind="upload", correlation_id=obj.correlation_id,
+                  message_id=message_id, delivery_key=delivery_key,
                   detail={"bucket": obj.bucket, "object": obj.name, "generation": obj.generation})
     with correlated(cause.correlation_id):
         existing = store.get("causes", cause.key)
-        if existing:
+        if existing and existing["status"] != DECIDING:
             finish_pending(cfg, store, existing)
-            return Outcome("duplicate", f"gs://{obj.bucket}/{obj.name}#{obj.generation} was already handled",
-                           run_id=existing.get("run_id"))
+            return Outcome("duplicate", f"{source} was already handled", run_id=existing.get("run_id"))
+        if obj.bucket != cfg.data_bucket:
+            return reject(cfg, store, cause, obj, [f"gs://{obj.bucket}/{obj.name}: bucket: uploads are accepted "
+                                                   f"only in gs://{cfg.data_bucket}"])
         try:
             rows = read_upload(cfg, obj)
         except sales.UploadRejected as rejected:
             return reject(cfg, store, cause, obj, rejected.reasons)
-        weeks_by_isbn = {isbn: sales.weeks_of(group) for isbn, group in rows.groupby("isbn")}
-        return commit(cfg, store, cause, weeks_by_isbn, source=f"gs://{obj.bucket}/{obj.name}#{obj.generation}")
+        incoming = {isbn: sales.weeks_of(group) for isbn, group in rows.groupby("isbn")}
+        return decide_cause(cfg, store, cause, sorted(incoming), Upload(incoming, obj.upload_order, source))
 
 
 def read_upload(cfg: Settings, obj: GcsObject):
@@ -122,10 +157,13 @@ def read_upload(cfg: Settings, obj: GcsObject):
 
 
 def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons: list[str]) -> Outcome:
-    doc = {**cause.as_dict(), "status": "rejected", "reasons": reasons, "received_at": cause.received_at, "published": False}
+    doc = {**cause.as_dict(), "status": REJECTED, "reasons": reasons, "received_at": cause.received_at,
+           "published": False}
+
     def record(transaction) -> bool:
         ref = store.col("causes").document(cause.key)
-        if ref.get(transaction=transaction).exists:
+        snap = ref.get(transaction=transaction)
+        if snap.exists and snap.to_dict()["status"] != DECIDING:
             return False
         transaction.set(ref, doc)
         transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
@@ -142,21 +180,28 @@ def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons
 def handle_isbns(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str] | None) -> Outcome:
     with correlated(cause.correlation_id):
         existing = store.get("causes", cause.key)
-        if existing:
+        if existing and existing["status"] != DECIDING:
             finish_pending(cfg, store, existing)
             return Outcome("duplicate", f"{cause.key} was already handled", run_id=existing.get("run_id"))
         if cause.kind == "schedule":
             reap_expired_leases(cfg, store)
-        known = store.all_series()
+        known = store.series_isbns()
         wanted = isbns or sorted(known)
         unknown = [i for i in wanted if i not in known]
         if unknown:
             log.warning("no data for requested ISBNs %s", unknown, extra={"cause": cause.key})
-        weeks_by_isbn = {i: known[i]["weeks"] for i in wanted if i in known}
-        return commit(cfg, store, cause, weeks_by_isbn, source=None, merge=False)
+        return decide_cause(cfg, store, cause, [i for i in wanted if i in known], upload=None)
 
 
-# --- the transaction --------------------------------------------------------------------------
+# --- deciding, group by group -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Upload:
+    """What an upload brings to its ISBNs' series."""
+    weeks_by_isbn: dict[str, dict[str, int]]
+    order: str                     # sales.upload_order: newer uploads win week by week
+    source: str
+
+
 def champions(cfg: Settings, isbns: list[str]) -> dict[str, tuple]:
     """Each ISBN's champion and its serving forecast; looked up concurrently, since a
     catalogue upload needs two registry round trips per ISBN."""
@@ -170,37 +215,87 @@ def champions(cfg: Settings, isbns: list[str]) -> dict[str, tuple]:
         return dict(zip(isbns, pool.map(lookup, isbns)))
 
 
-def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str, dict], source: str | None,
-           merge: bool = True) -> Outcome:
-    """Record the cause, merge the data, decide per ISBN, lease and create the run: atomically."""
-    isbns = sorted(weeks_by_isbn)
+def open_cause(store: RunStore, cause: Cause, isbns: list[str]) -> dict:
+    """The cause's document, created on first sight with the run id and the ISBNs its
+    groups are made of, so every resumption cuts the same groups."""
+    def work(transaction) -> dict:
+        ref = store.col("causes").document(cause.key)
+        snap = ref.get(transaction=transaction)
+        if snap.exists:
+            return snap.to_dict()
+        doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": sorted(isbns),
+               "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
+        transaction.create(ref, doc)
+        return doc
+
+    try:
+        return store.in_transaction(work)
+    except AlreadyExists:  # a concurrent delivery opened it first
+        return store.get("causes", cause.key)
+
+
+def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> Outcome:
+    opened = open_cause(store, cause, isbns)
+    if opened["status"] != DECIDING:
+        finish_pending(cfg, store, opened)
+        return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
+    run_id, planned = opened["run_id"], opened["isbns"]
+    groups = [planned[i:i + GROUP_ISBNS] for i in range(0, len(planned), GROUP_ISBNS)]
+    done = {snap.id for snap in store.col("causes").document(cause.key).collection(GROUPS).select([]).stream()}
+    decisions: list[Decision] = []
+    for index, group in enumerate(groups):
+        if group_id(index) not in done:
+            decisions += decide_group(cfg, store, cause, run_id, index, group, upload)
+    for d in decisions:
+        log.info("decision %s: %s (%s)", d.isbn, d.action, "; ".join(d.reasons),
+                 extra={"isbn": d.isbn, "action": d.action, "cause": cause.key})
+    closed = close_cause(store, cause, run_id)
+    finish_pending(cfg, store, store.get("causes", cause.key))
+    if closed is None:
+        return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
+    leased, summary = closed
+    return Outcome(ACCEPTED, f"{len(leased)} to train, {summary['skip']} skipped, {summary['coalesce']} coalesced",
+                   run_id=run_id if leased else None, decisions=decisions)
+
+
+def group_id(index: int) -> str:
+    return f"{index:05d}"
+
+
+def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, index: int, isbns: list[str],
+                 upload: Upload | None) -> list[Decision]:
+    """Merge, decide, lease and snapshot one group of ISBNs, with its marker: atomically."""
     current = champions(cfg, isbns)  # outside the transaction: MLflow is not transactional
-    run_id = f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
     decided_at = now()
 
-    def apply(transaction):
-        cause_ref = store.col("causes").document(cause.key)
-        if cause_ref.get(transaction=transaction).exists:
-            return None
+    def apply(transaction) -> list[Decision]:
+        marker = store.col("causes").document(cause.key).collection(GROUPS).document(group_id(index))
+        if marker.get(transaction=transaction).exists:
+            return []
         series_refs = {i: store.col("series").document(i) for i in isbns}
         series = store.read_many(transaction, series_refs)
         held = leases.read(store, transaction, isbns)
-        decisions, sources_of = [], {}
+        decisions, decided = [], {}
         for isbn in isbns:
-            prior = series[isbn] or {"weeks": {}, "sources": []}
-            sources_of[isbn] = prior["sources"] + ([source] if source and source not in prior["sources"] else [])
-            weeks = {**prior["weeks"], **weeks_by_isbn[isbn]} if merge else dict(prior["weeks"])
-            missing = sales.missing_weeks(sorted(datetime.fromisoformat(w).date() for w in weeks))
+            prior = series[isbn] or {"weeks": {}, "week_orders": {}, "sources": []}
+            merged = sales.MergedSeries(prior["weeks"], prior.get("week_orders", {}))
+            sources = prior["sources"]
+            if upload:
+                merged = merged.merged(upload.weeks_by_isbn[isbn], upload.order)
+                sources = sources + ([upload.source] if upload.source not in sources else [])
             target, forecast = current[isbn]
-            decision = decide(isbn, weeks, target, forecast, cfg.decision, cause.forced, decided_at)
+            decision = decide(isbn, merged.weeks, target, forecast, cfg.decision, cause.forced, decided_at)
+            missing = sales.missing_weeks(sorted(datetime.fromisoformat(w).date() for w in merged.weeks))
             if missing:
                 decision = Decision(isbn, "skip", [f"series has {len(missing)} missing week(s) between uploads, "
                                                    f"first {missing[0]}: send those weeks to train"], decision.inputs)
+            else:
+                decided[isbn] = DecidedSeries.of(merged.weeks, sources)
             decisions.append(decision)
-            if merge:
-                transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": weeks, "sources": sources_of[isbn],
-                                                    "data_hash": decision.inputs["data_hash"], "updated_at": now(),
-                                                    "last_cause": cause.key})
+            if upload:
+                transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": merged.weeks, "week_orders": merged.orders,
+                                                    "sources": sources, "data_hash": decision.inputs["data_hash"],
+                                                    "updated_at": now(), "last_cause": cause.key})
         to_train = [d.isbn for d in decisions if d.action == "train"]
         leased, busy = leases.claim(store, transaction, held, to_train, run_id, cfg.training.lease_ttl_seconds,
                                     cause.as_dict())
@@ -210,31 +305,50 @@ def commit(cfg: Settings, store: RunStore, cause: Cause, weeks_by_isbn: dict[str
                 d.reasons = d.reasons + [f"already training in {held[d.isbn]['run_id']}: queued as a follow-up"]
             store.record_decision(d.isbn, d.action, d.reasons, d.inputs, cause.as_dict(), cause.correlation_id,
                                   run_id=run_id if d.isbn in leased else None, transaction=transaction)
-        sources = sorted({s for i in leased for s in sources_of[i]})
-        if leased:
-            store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
-                             transaction=transaction, sources=sources,
-                             decisions={d.isbn: d.reasons for d in decisions if d.isbn in leased})
-        transaction.set(cause_ref, {**cause.as_dict(), "status": "accepted", "received_at": cause.received_at,
-                                    "isbns": isbns, "run_id": run_id if leased else None,
-                                    "launched": not leased, "published": True,
-                                    "summary": {a: sum(d.action == a for d in decisions) for a in ("train", "skip", "coalesce")}})
-        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
-        return decisions, leased
+        snapshot = snapshot_id(run_id, index) if leased else None
+        if snapshot:
+            transaction.create(store.col(SNAPSHOTS).document(snapshot),
+                               snapshot_document(run_id, {i: decided[i] for i in leased}))
+        transaction.create(marker, {
+            "leased": leased, "snapshot": snapshot, "data_hashes": {i: decided[i].data_hash for i in leased},
+            "decisions": {d.isbn: d.reasons for d in decisions if d.isbn in leased},
+            "summary": {a: sum(d.action == a for d in decisions) for a in ("train", "skip", "coalesce")}})
+        return decisions
 
-    result = store.in_transaction(apply)
-    if result is None:
-        existing = store.get("causes", cause.key)
-        finish_pending(cfg, store, existing)
-        return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=existing.get("run_id"))
-    decisions, leased = result
-    for d in decisions:
-        log.info("decision %s: %s (%s)", d.isbn, d.action, "; ".join(d.reasons),
-                 extra={"isbn": d.isbn, "action": d.action, "cause": cause.key})
-    finish_pending(cfg, store, store.get("causes", cause.key))
-    return Outcome("accepted", f"{len(leased)} to train, {sum(d.action == 'skip' for d in decisions)} skipped, "
-                               f"{sum(d.action == 'coalesce' for d in decisions)} coalesced",
-                   run_id=run_id if leased else None, decisions=decisions)
+    try:
+        return store.in_transaction(apply)
+    except AlreadyExists:  # the emulator may check a create's precondition before the conflict
+        return []          # a concurrent delivery decided this group
+
+
+def close_cause(store: RunStore, cause: Cause, run_id: str) -> tuple[list[str], dict] | None:
+    """Create the run from the groups' markers and mark the cause accepted; None if another
+    delivery closed it first."""
+    def work(transaction):
+        ref = store.col("causes").document(cause.key)
+        opened = ref.get(transaction=transaction).to_dict()
+        if opened["status"] != DECIDING:
+            return None
+        # A transaction reads queries, not collections: order by id to make it one.
+        in_order = ref.collection(GROUPS).order_by(FieldPath.document_id())
+        markers = [m.to_dict() for m in transaction.get(in_order)]
+        leased = sorted(i for m in markers for i in m["leased"])
+        summary = {a: sum(m["summary"][a] for m in markers) for a in ("train", "skip", "coalesce")}
+        if leased:
+            store.create_run(leased, cause.as_dict(), cause.correlation_id, store.cfg.launcher, run_id=run_id,
+                             transaction=transaction,
+                             data_hashes={i: h for m in markers for i, h in m["data_hashes"].items()},
+                             snapshot=sorted(m["snapshot"] for m in markers if m["snapshot"]),
+                             decisions={i: r for m in markers for i, r in m["decisions"].items()})
+        transaction.update(ref, {"status": ACCEPTED, "run_id": run_id if leased else None, "launched": not leased,
+                                 "summary": summary, "decided_at": now()})
+        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
+        return leased, summary
+
+    try:
+        return store.in_transaction(work)
+    except AlreadyExists:  # the run exists: a concurrent delivery closed the cause
+        return None
 
 
 # --- after the commit -------------------------------------------------------------------------
@@ -245,12 +359,12 @@ def finish_pending(cfg: Settings, store: RunStore, cause: dict | None) -> None:
     from shared.pubsub import publish
 
     ref = store.col("causes").document(cause["key"])
-    if cause["status"] == "rejected" and not cause.get("published"):
-        publish(cfg, "rejected-input", RejectedInput(correlation_id=cause["correlation_id"], bucket=cause["bucket"],
+    if cause["status"] == REJECTED and not cause.get("published"):
+        publish(cfg, Topics.REJECTED_INPUT, RejectedInput(correlation_id=cause["correlation_id"], bucket=cause["bucket"],
                                                      object_name=cause["object"], generation=cause["generation"],
                                                      reasons=cause["reasons"]))
         ref.update({"published": True})
-    if cause["status"] == "accepted" and cause.get("run_id") and not cause.get("launched"):
+    if cause["status"] == ACCEPTED and cause.get("run_id") and not cause.get("launched"):
         if claim_launch(store, cause["run_id"]):
             launch_run(cfg, store, cause["run_id"])
         ref.update({"launched": True})
@@ -270,15 +384,16 @@ def claim_launch(store: RunStore, run_id: str) -> bool:
 
 
 def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) -> None:
-    from shared.launch import launcher_for, training_request
+    from shared.jobs import training_job
+    from shared.launch import launcher_for
     from shared.pubsub import publish
 
     run = store.run(run_id)
-    request = training_request(cfg, run_id, run["isbns"], run["sources"], run["correlation_id"], run["cause"],
-                               cfg.launcher, attempt=attempt)
-    info = launcher_for(cfg).launch(request)
+    job = training_job(cfg, run_id, run["data_hashes"], run["snapshot"], run["correlation_id"], run["cause"],
+                       cfg.launcher, attempt=attempt)
+    info = launcher_for(cfg).launch(job)
     store.update_run(run_id, launch={**info.detail, "handle": info.handle}, attempt=attempt)
-    publish(cfg, "training-events", TrainingEvent(correlation_id=run["correlation_id"], run_id=run_id, status="queued",
+    publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=run["correlation_id"], run_id=run_id, status="queued",
                                                   isbns=run["isbns"], launcher=info.launcher,
                                                   reason="; ".join(f"{i}: {', '.join(r)}" for i, r in
                                                                    (run.get("decisions") or {}).items())[:1000]))
@@ -289,10 +404,11 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
     new run that names the one it retries."""
     retries = []
     for old_run_id in sorted({lease["run_id"] for lease in leases.expired(store)}):
-        old = store.run(old_run_id) or {}
-        store.update_run(old_run_id, status="failed", error="lease expired: the training job stopped reporting")
-        follow_ups = leases.release_all(store, old_run_id, request_follow_ups=False)
-        if old.get("attempt", 1) >= 2 or not old.get("isbns"):
+        old = store.run(old_run_id)
+        if old:  # no run yet: its cause stopped between deciding groups and is resumed by redelivery or reconciling
+            store.update_run(old_run_id, status="failed", error="lease expired: the training job stopped reporting")
+        leases.release_all(store, old_run_id)  # what waited on the dead run is requested again
+        if not old or old.get("attempt", 1) >= 2 or not old.get("isbns"):
             log.warning("run %s lost its lease after its retry; not retried again", old_run_id)
             continue
         cause = Cause(key=f"retry-{old_run_id}", kind="retry", correlation_id=old.get("correlation_id", old_run_id),
@@ -306,14 +422,13 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
             leased, _ = leases.claim(store, transaction, held, old["isbns"], run_id,
                                      cfg.training.lease_ttl_seconds, cause.as_dict())
             store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
-                             transaction=transaction, sources=old.get("sources", []), attempt=2, retry_of=old_run_id,
+                             transaction=transaction, attempt=2, retry_of=old_run_id, snapshot=old["snapshot"],
+                             data_hashes={i: old["data_hashes"][i] for i in leased},
                              decisions={i: [f"retry of {old_run_id} after its lease expired"] for i in leased})
             return bool(leased)
 
         if store.in_transaction(relaunch) and claim_launch(store, run_id):
             launch_run(cfg, store, run_id, attempt=2)
             retries.append(run_id)
-        if follow_ups:
-            leases.request_follow_up(store, old_run_id, follow_ups)
         log.warning("run %s lost its lease; retried as %s", old_run_id, run_id)
     return retries

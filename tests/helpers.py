@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
-from shared.launch import training_request
+from shared.jobs import decided_from_files, prepare_run
 from shared.runstore import RunStore
-from shared.sales import to_csv
+from shared.sales import UploadRules, to_csv
 from shared.sample_data import generate
 
 END = date(2026, 11, 23)
@@ -34,13 +34,15 @@ def write_csv(frame: pd.DataFrame, directory: Path, name: str = "sales.csv") -> 
 
 
 def run_training(cfg: Settings, sources: list[str], isbns: list[str] | None = None) -> tuple[str, dict]:
+    """Train on local files as `bookcast train --file` does: merged, snapshotted, run."""
     from shared.training.worker import execute
 
-    store = RunStore(cfg)
+    series, _ = decided_from_files(sources, UploadRules(prefix=cfg.upload_prefix))
     correlation_id = f"test-{uuid.uuid4().hex[:8]}"
     cause = {"kind": "forced", "key": correlation_id, "forced": True}
-    run_id = store.create_run(isbns or [], cause, correlation_id, "local")
-    return run_id, execute(training_request(cfg, run_id, isbns or [], sources, correlation_id, cause, "local"))
+    job = prepare_run(cfg, RunStore(cfg), {i: s for i, s in series.items() if not isbns or i in isbns}, cause,
+                      correlation_id, "local")
+    return job.run_id, execute(job.model_dump(mode="json"))
 
 
 class TcpRelay:

@@ -22,10 +22,19 @@ def test_deploy_creates_the_topology_the_emulators_build(tmp_path):
         assert any(f"pubsub topics create {topic.name}" in t for t in text)
     for sub in topology.subscriptions:
         (line,) = [c for c in lines if c[3:6] == ["subscriptions", "create", sub.name]]
-        assert (f"--push-endpoint=https://europe-west1-bookcast-prod.cloudfunctions.net/{sub.function}"
-                f"/projects/bookcast-prod/topics/{sub.topic}") in line
-        assert ("--dead-letter-topic=dead-letters" in line) == sub.dead_letter
+        if sub.function:
+            assert (f"--push-endpoint=https://europe-west1-bookcast-prod.cloudfunctions.net/{sub.function}"
+                    f"/projects/bookcast-prod/topics/{sub.topic}") in line
+        else:
+            assert not any(arg.startswith("--push-endpoint") for arg in line)
+        assert any(arg.startswith("--dead-letter-topic=") for arg in line) == sub.dead_letter
         assert "--min-retry-delay=10s" in line
+    # Every pushed message ends somewhere that does not push it again: a dead letter the
+    # monitor fails on is parked in a pull subscription, not redelivered forever.
+    pushed = {s.topic: s for s in topology.subscriptions if s.function}
+    parked = [s for s in topology.subscriptions if not s.function]
+    assert all(s.dead_letter_to(topology.defaults) for s in pushed.values())
+    assert pushed["dead-letters"].dead_letter_to(topology.defaults) in {s.topic for s in parked}
     deploys = [c for c in lines if c[2:4] == ["functions", "deploy"]]
     assert sorted(c[4] for c in deploys) == sorted(f.name for f in topology.functions)
     for fn in topology.functions:

@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+from pydantic import SecretStr
 
 from emulators.processes import stop
 from emulators.stack import Ports
@@ -34,7 +35,7 @@ def inbox():
 @pytest.fixture
 def alerting_cfg(cfg, inbox):
     return cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={
-        "slack_webhook_url": inbox.webhook_url, "email_to": ["ops@example.com"], "smtp_host": "127.0.0.1",
+        "slack_webhook_url": SecretStr(inbox.webhook_url), "email_to": ["ops@example.com"], "smtp_host": "127.0.0.1",
         "smtp_port": inbox.smtp_port})})
 
 
@@ -113,7 +114,7 @@ def test_monitor_function_receives_failures_pushed_by_pubsub(cloud, alerting_cfg
     ports = Ports.free().functions
     alerts = alerting_cfg.alerts
     proc = cloud.start_function("monitor", project=alerting_cfg.project_id, port=ports["monitor"], extra_env={
-        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerts.slack_webhook_url,
+        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerts.slack_webhook_url.get_secret_value(),
         "BOOKCAST_MODEL_NAME_PREFIX": alerting_cfg.model_name_prefix})
     try:
         wire(cloud.topology, alerting_cfg.project_id, cloud.ports, function_ports=ports, buckets=False,
@@ -146,7 +147,7 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_alerted(cloud, alerti
         "BOOKCAST_MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "STORAGE_EMULATOR_HOST": project_gcs,
         "BOOKCAST_MODEL_NAME_PREFIX": alerting_cfg.model_name_prefix})
     monitor = cloud.start_function("monitor", project=project, port=ports["monitor"], extra_env={
-        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerting_cfg.alerts.slack_webhook_url})
+        "BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": alerting_cfg.alerts.slack_webhook_url.get_secret_value()})
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     try:
         wire(cloud.topology, project, cloud.ports, function_ports=ports, only_functions={"monitor"})

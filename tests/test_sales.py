@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import io
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pandas as pd
 import pytest
 
 from shared import isbn
-from shared.sales import UploadRejected, UploadRules, merge, parse_upload, series_hash, weeks_of
+from shared.sales import (MergedSeries, UploadRejected, UploadRules, merge_uploads, parse_upload, series_hash,
+                          upload_order, weeks_of)
 from shared.sample_data import generate
 
 RULES = UploadRules(today=date(2026, 11, 24))
@@ -79,13 +80,54 @@ def test_size_limit():
         parse_upload("sales/big.csv", b"x" * 2048, small)
 
 
-def test_later_uploads_override_week_by_week_and_hash_ignores_file_order():
+def test_newest_upload_wins_week_by_week_whatever_the_processing_order():
     first = pd.DataFrame({"isbn": ["9780306406157"] * 2, "week": [date(2026, 11, 9), date(2026, 11, 16)], "units": [1, 2]})
     correction = pd.DataFrame({"isbn": ["9780306406157"], "week": [date(2026, 11, 16)], "units": [7]})
-    merged = merge([first, correction])
-    assert merged["units"].tolist() == [1, 7]
-    assert series_hash(weeks_of(merged)) == series_hash(weeks_of(merged.iloc[::-1]))
-    assert series_hash(weeks_of(merged)) != series_hash(weeks_of(first))
+    older = upload_order(datetime(2026, 11, 20, 9, tzinfo=timezone.utc), 1763629200000000)
+    newer = upload_order(datetime(2026, 11, 20, 10, tzinfo=timezone.utc), 1763632800000000)
+    # The correction sorts before the file it corrects by name ("w47-correction" < "w47.csv")
+    # and may be processed first: neither matters, only the upload order does.
+    for uploads in ([(older, first), (newer, correction)], [(newer, correction), (older, first)]):
+        merged = merge_uploads(uploads)["9780306406157"]
+        assert merged.weeks == {"2026-11-09": 1, "2026-11-16": 7}
+    assert series_hash(merged.weeks) != series_hash(weeks_of(first))
+    # Within the same second, the generation decides.
+    same_second = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
+    assert upload_order(same_second, 99) < upload_order(same_second, 100)
+    assert MergedSeries({"2026-11-16": 7}, {"2026-11-16": newer}).merged({"2026-11-16": 2}, older).weeks == {"2026-11-16": 7}
+
+
+@pytest.mark.parametrize("cell, rule", [
+    ("nan", "units: 'nan' is not a finite number"),
+    ("1e400", "units: '1e400' is not a finite number"),
+    ("-inf", "units: '-inf' is not a finite number"),
+    ("9" * 100_000, "...(100002 chars) is not a finite number"),
+])
+def test_hostile_units_are_rejected_with_a_short_reason(cell, rule):
+    (reason,) = reasons("sales/h.csv", f"isbn,week,units\n9780306406157,2026-11-16,{cell}\n".encode())
+    assert rule in reason and len(reason) < 200
+
+
+def test_huge_cells_are_quoted_short_so_the_rejection_fits_one_document():
+    huge = "x" * 100_000
+    rows = "".join(f"{huge},{huge},{huge}\n" for _ in range(20))
+    found = reasons("sales/huge.csv", f"isbn,week,units\n{rows}".encode())
+    assert len(found) == 20 and sum(len(r.encode()) for r in found) < 10_000
+    assert "(100002 chars)" in found[0]
+
+
+def test_isbn_digits_are_ascii_only_and_weeks_start_in_1970():
+    arabic_indic = "٩٧٨٠٣٠٦٤٠٦١٥٧"  # 9780306406157 in Arabic-Indic digits
+    fullwidth = "９７８０３０６４０６１５７"
+    assert not isbn.is_valid(arabic_indic) and not isbn.is_valid(fullwidth) and isbn.is_valid("9780306406157")
+    found = reasons("sales/old.csv", b"isbn,week,units\n9780306406157,1969-12-29,5\n")
+    assert found == ["sales/old.csv:2: week: 1969-12-29 is before 1970-01-05"]
+
+
+def test_a_refused_row_is_not_reported_again_as_a_gap():
+    content = (b"isbn,week,units\n9780306406157,2026-11-02,1\n9780306406157,2026-11-09,-1\n"
+               b"9780306406157,2026-11-16,1\n")
+    assert reasons("sales/neg.csv", content) == ["sales/neg.csv:3: units: negative value -1"]
 
 
 def test_cli_refuses_to_upload_a_bad_file_and_says_why(tmp_path, capsys):

@@ -89,14 +89,18 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
     assert [m["action"] for m in RunStore(cfg).alias_history(isbn)] == ["baseline", "promote"]
 
 
-def test_malformed_source_refuses_its_isbns_and_trains_the_rest(cfg, tmp_path):
+def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg, tmp_path):
+    from shared.jobs import SNAPSHOTS, decided_from_files, prepare_run
+    from shared.sales import UploadRules
+    from shared.training.worker import execute
+
     good = sample(2, years=2, seed=31)
-    good_source = write_csv(good, tmp_path, "good.csv")
-    bad_source = tmp_path / "bad.csv"
-    bad_source.write_text("isbn,week,units\n9780306406157,2026-11-16,-5\n")
-    _, summary = run_training(cfg, [good_source, str(bad_source)],
-                              isbns=sorted(good["isbn"].unique()) + ["9780306406157"])
-    results = {r["isbn"]: r for r in summary["results"]}
-    assert results["9780306406157"]["status"] == "refused"
-    assert "bad.csv" in results["9780306406157"]["reason"] and "negative" in results["9780306406157"]["reason"]
-    assert all(results[i]["status"] in ("promoted", "baseline", "quarantined") for i in good["isbn"].unique())
+    series, _ = decided_from_files([write_csv(good, tmp_path, "good.csv")], UploadRules(prefix=cfg.upload_prefix))
+    tampered, honest = sorted(series)
+    store = RunStore(cfg)
+    job = prepare_run(cfg, store, series, {"kind": "forced", "key": "k", "forced": True}, "cid-tamper", "local")
+    (snapshot,) = job.snapshot
+    store.col(SNAPSHOTS).document(snapshot).update({f"series.`{tampered}`.units": [1] * 104})
+    results = {r["isbn"]: r for r in execute(job.model_dump(mode="json"))["results"]}
+    assert results[tampered]["status"] == "refused" and "does not hash to the decided" in results[tampered]["reason"]
+    assert results[honest]["status"] in ("promoted", "baseline", "quarantined")

@@ -42,7 +42,7 @@ def notifications(probe, count: int, topic: str = "sales-uploads") -> list[PubSu
         if response.received_messages:
             subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
         found += [PubSubMessage(message_id=m.message.message_id, publish_time=m.message.publish_time,
-                                attributes=dict(m.message.attributes), data=m.message.data)
+                                attributes=dict(m.message.attributes), data=m.message.data, topic=topic)
                   for m in response.received_messages]
     assert len(found) == count
     return found

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
-import subprocess
 import sys
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from datetime import date, datetime, timezone
 from multiprocessing import get_context
-from pathlib import Path
 
-import pandas as pd
-
-from shared import sales
 from shared.config import Settings
 from shared.events import IsbnResult, TrainingEvent
+from shared.jobs import DecidedSeries, TrainingJob, read_snapshot, verify
 from shared.logs import get_logger
 from shared.forecasting.models import ModelSpec
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
@@ -30,76 +26,31 @@ def settings_of(request: dict) -> Settings:
     return Settings.from_snapshot(request["settings"])
 
 
-def code_version() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+# --- load, validate, preprocess: the decided series, exactly ----------------------------------
+def load(request: dict) -> dict[str, dict]:
+    """The series the run's decisions saw, from the snapshot the request names."""
+    from shared.runstore import RunStore
+
+    job = TrainingJob.model_validate(request)
+    stored = read_snapshot(RunStore(settings_of(request)), job)
+    log.info("loaded %d decided series from %d snapshot document(s)", len(stored), len(job.snapshot),
+             extra={"run_id": job.run_id})
+    return stored
 
 
-# --- load -----------------------------------------------------------------------------------
-def read_source(cfg: Settings, uri: str) -> tuple[str, bytes]:
-    """``gs://bucket/object#generation`` through google-cloud-storage, or a local path."""
-    if uri.startswith("gs://"):
-        from shared.gcs import storage_client
-
-        path, _, generation = uri[5:].partition("#")
-        bucket, _, name = path.partition("/")
-        blob = storage_client(cfg.project_id).bucket(bucket).blob(name, generation=int(generation) if generation else None)
-        return name, blob.download_as_bytes()
-    return f"{cfg.upload_prefix}{Path(uri).name}", Path(uri).read_bytes()
+def validate(request: dict, stored: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
+    """The series whose content still hashes to what was decided, and per-ISBN refusals."""
+    series, refusals = verify(TrainingJob.model_validate(request), stored)
+    return {isbn: s.model_dump(mode="json") for isbn, s in series.items()}, refusals
 
 
-def load_sources(request: dict) -> dict[str, bytes]:
-    cfg = settings_of(request)
-    contents = {}
-    for uri in request["sources"]:
-        contents[uri] = read_source(cfg, uri)[1]
-        log.info("loaded %s (%d bytes)", uri, len(contents[uri]), extra={"run_id": request["run_id"]})
-    return contents
-
-
-# --- validate & preprocess ------------------------------------------------------------------
-def validate(request: dict, contents: dict[str, bytes]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Rows of every valid source for the requested ISBNs, and per-ISBN refusals."""
-    cfg = settings_of(request)
-    rules = sales.UploadRules(prefix="", max_bytes=cfg.training.max_upload_bytes)
-    frames, problems = [], {}
-    wanted = set(request.get("isbns") or [])
-    for uri, content in contents.items():
-        name = uri.rsplit("/", 1)[-1].split("#")[0]
-        try:
-            frame = sales.parse_upload(name, content, rules)
-        except sales.UploadRejected as rejected:
-            mentioned = sales.isbns_mentioned(name, content)
-            for isbn in (wanted & mentioned) if mentioned is not None else wanted:
-                problems.setdefault(isbn, f"source {uri} is invalid: {'; '.join(rejected.reasons[:3])}")
-            continue
-        frame["source"] = uri
-        frames.append(frame)
-    merged = sales.merge(frames)
-    if wanted:
-        merged = merged[merged["isbn"].isin(wanted)]
-        for isbn in wanted - set(merged["isbn"]):
-            problems.setdefault(isbn, "no rows for this ISBN in its sources")
-    for isbn, rows in merged.groupby("isbn"):
-        gaps = sales.missing_weeks(sorted(rows["week"]))
-        if gaps:
-            problems[isbn] = f"series has {len(gaps)} missing week(s) between uploads, first {gaps[0]}"
-    merged = merged[~merged["isbn"].isin(problems)]
-    return merged.reset_index(drop=True), problems
-
-
-def preprocess(valid: pd.DataFrame) -> dict[str, dict]:
+def preprocess(valid: dict[str, dict]) -> dict[str, dict]:
     """One regular weekly series per ISBN, with its content hash and sources."""
     series = {}
-    for isbn, rows in valid.groupby("isbn"):
-        rows = rows.sort_values("week")
-        index = pd.date_range(rows["week"].iloc[0], rows["week"].iloc[-1], freq="7D")
-        units = rows.set_index(pd.to_datetime(rows["week"]))["units"].reindex(index, fill_value=0)
-        series[isbn] = {"weeks": [d.date().isoformat() for d in index], "units": units.astype(float).tolist(),
-                        "data_hash": sales.series_hash(sales.weeks_of(rows)), "sources": sorted(set(rows["source"]))}
+    for isbn, raw in sorted(valid.items()):
+        decided = DecidedSeries.model_validate(raw)
+        series[isbn] = {"weeks": list(decided.weeks()), "units": [float(u) for u in decided.units],
+                        "data_hash": decided.data_hash, "sources": decided.sources}
     return series
 
 

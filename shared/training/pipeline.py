@@ -2,29 +2,27 @@
 orchestrator by default: no server, no login, no token to expire. The durable history is
 Firestore's, so losing ZenML's store loses nothing that matters."""
 
-import base64
 from typing import Annotated, Tuple
 
-import pandas as pd
 from zenml import get_step_context, pipeline, step
 
 from shared.training import flow
 
 
 @step(enable_cache=False)
-def load(request: dict) -> Annotated[dict, "sources"]:
-    return {uri: base64.b64encode(content).decode() for uri, content in flow.load_sources(request).items()}
+def load(request: dict) -> Annotated[dict, "decided_series"]:
+    return flow.load(request)
 
 
 @step(enable_cache=False)
-def validate(request: dict, sources: dict) -> Tuple[Annotated[pd.DataFrame, "valid_rows"], Annotated[dict, "refusals"]]:
-    valid_rows, refusals = flow.validate(request, {uri: base64.b64decode(data) for uri, data in sources.items()})
-    return valid_rows, refusals  # a literal tuple: ZenML reads multiple outputs from the source
+def validate(request: dict, decided_series: dict) -> Tuple[Annotated[dict, "valid_series"], Annotated[dict, "refusals"]]:
+    valid_series, refusals = flow.validate(request, decided_series)
+    return valid_series, refusals  # a literal tuple: ZenML reads multiple outputs from the source
 
 
 @step(enable_cache=False)
-def preprocess(valid_rows: pd.DataFrame) -> Annotated[dict, "series"]:
-    return flow.preprocess(valid_rows)
+def preprocess(valid_series: dict) -> Annotated[dict, "series"]:
+    return flow.preprocess(valid_series)
 
 
 @step(enable_cache=False)
@@ -47,9 +45,9 @@ def publish(request: dict, results: list) -> Annotated[dict, "summary"]:
 
 @pipeline(enable_cache=False)
 def training_pipeline(request: dict):
-    sources = load(request)
-    valid_rows, refusals = validate(request, sources)
-    series = preprocess(valid_rows)
+    decided_series = load(request)
+    valid_series, refusals = validate(request, decided_series)
+    series = preprocess(valid_series)
     candidates = train(request, series)
     results = gate_register_promote(request, candidates, series, refusals)
     publish(request, results)

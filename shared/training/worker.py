@@ -11,7 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from shared.events import TrainingEvent
+from pydantic import ValidationError
+
+from shared.events import Topics, TrainingEvent
+from shared.jobs import TrainingJob
 from shared.logs import configure, correlated, get_logger
 from shared.training.flow import settings_of
 
@@ -22,15 +25,16 @@ def execute(request: dict) -> dict:
     from shared.pubsub import publish
     from shared.runstore import RunStore
 
+    job = TrainingJob.model_validate(request)
+    request = job.model_dump(mode="json")  # what the pipeline's steps receive
     cfg = settings_of(request)
     store = RunStore(cfg)
-    run_id = request["run_id"]
-    with correlated(request["correlation_id"]):
+    run_id = job.run_id
+    with correlated(job.correlation_id):
         store.update_run(run_id, status="running")
-        publish(cfg, "training-events", TrainingEvent(correlation_id=request["correlation_id"], run_id=run_id,
-                                                      status="started", isbns=request.get("isbns", []),
-                                                      launcher=request.get("launcher", "local")))
-        log.info("training run %s started", run_id, extra={"run_id": run_id, "isbns": request.get("isbns")})
+        publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=job.correlation_id, run_id=run_id,
+                                                           status="started", isbns=job.isbns, launcher=job.launcher))
+        log.info("training run %s started", run_id, extra={"run_id": run_id, "isbns": job.isbns})
         try:
             from shared.leases import Heartbeat
             from shared.training import pipeline
@@ -40,10 +44,9 @@ def execute(request: dict) -> dict:
         except Exception as error:
             log.exception("training run %s failed", run_id, extra={"run_id": run_id})
             store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
-            publish(cfg, "training-events", TrainingEvent(
-                correlation_id=request["correlation_id"], run_id=run_id, status="failed",
-                isbns=request.get("isbns", []), launcher=request.get("launcher", "local"),
-                reason=f"{type(error).__name__}: {error}"[:500]))
+            publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(
+                correlation_id=job.correlation_id, run_id=run_id, status="failed", isbns=job.isbns,
+                launcher=job.launcher, reason=f"{type(error).__name__}: {error}"[:500]))
             raise
         finally:
             from shared.leases import release_all
@@ -67,6 +70,9 @@ def main() -> int:
     request = read_request()
     try:
         execute(request)
+    except ValidationError as error:  # a malformed request is not retried: no attempt can fix it
+        log.error("malformed training request: %s", error)
+        return 2
     except Exception:
         return 1
     return 0

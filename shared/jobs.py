@@ -1,0 +1,156 @@
+"""The training job request, and the decided series it trains on.
+
+A job trains on exactly the series its decision saw: trigger_training writes each leased
+ISBN's merged series into immutable snapshot documents (in the same transaction as the
+decision), and the request names those documents and each series' ``data_hash``. The job
+never re-reads uploads, so an object overwritten or deleted since cannot fail it, and the
+hash it tags the model with is the hash the next decision compares against.
+"""
+from __future__ import annotations
+
+import subprocess
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import sales
+from shared.config import Settings
+
+SNAPSHOTS = "snapshots"
+# ISBNs per snapshot document: at most ~2,900 weeks each (sales.FIRST_WEEK), ~25 KB as
+# Firestore stores them, so a document stays far below 1 MiB.
+SNAPSHOT_ISBNS = 8
+
+
+class DecidedSeries(BaseModel):
+    """One ISBN's consecutive weekly series from ``start``, as it was decided."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: date
+    units: list[int]
+    data_hash: str
+    sources: list[str] = []
+
+    @classmethod
+    def of(cls, weeks: dict[str, int], sources: list[str]) -> "DecidedSeries":
+        ordered = sorted(weeks)
+        if sales.missing_weeks([date.fromisoformat(w) for w in ordered]):
+            raise ValueError("a decided series has no gaps: its units are stored by position from its start")
+        return cls(start=date.fromisoformat(ordered[0]), units=[int(weeks[w]) for w in ordered],
+                   data_hash=sales.series_hash(weeks), sources=sources)
+
+    def weeks(self) -> dict[str, int]:
+        return {(self.start + timedelta(weeks=i)).isoformat(): u for i, u in enumerate(self.units)}
+
+
+class TrainingJob(BaseModel):
+    """Everything a training job needs, as JSON: it travels in a file or a Vertex argument,
+    so it holds references, not data."""
+    model_config = ConfigDict(extra="forbid")
+    run_id: str = Field(min_length=1)
+    correlation_id: str = Field(min_length=1)
+    cause: dict[str, Any]
+    launcher: Literal["local", "vertex"]
+    attempt: int = Field(1, ge=1)
+    code_version: str
+    data_hashes: dict[str, str] = Field(description="per ISBN, the hash of the series that was decided")
+    snapshot: list[str] = Field(description="the snapshot documents holding those series")
+    settings: dict[str, Any]
+
+    @property
+    def isbns(self) -> list[str]:
+        return sorted(self.data_hashes)
+
+
+def settings_snapshot(cfg: Settings) -> dict[str, Any]:
+    """The launching process's settings for the job; secrets are excluded by their fields."""
+    return cfg.model_dump(mode="json")
+
+
+def snapshot_id(run_id: str, part: int) -> str:
+    return f"{run_id}-s{part:04d}"
+
+
+def snapshot_document(run_id: str, series: dict[str, DecidedSeries]) -> dict[str, Any]:
+    return {"run_id": run_id, "series": {isbn: s.model_dump(mode="json") for isbn, s in series.items()}}
+
+
+def write_snapshot(store, run_id: str, series: dict[str, DecidedSeries]) -> list[str]:
+    """Store series for a run outside a decision (the CLI, a file given by hand)."""
+    isbns = sorted(series)
+    ids = []
+    for part, start in enumerate(range(0, len(isbns), SNAPSHOT_ISBNS)):
+        chunk = {i: series[i] for i in isbns[start:start + SNAPSHOT_ISBNS]}
+        ids.append(snapshot_id(run_id, part))
+        store.col(SNAPSHOTS).document(ids[-1]).create(snapshot_document(run_id, chunk))
+    return ids
+
+
+def read_snapshot(store, job: TrainingJob) -> dict[str, dict]:
+    """The stored series of the job's snapshot documents, as stored."""
+    found: dict[str, dict] = {}
+    for doc_id in job.snapshot:
+        found.update((store.col(SNAPSHOTS).document(doc_id).get().to_dict() or {}).get("series") or {})
+    return found
+
+
+def verify(job: TrainingJob, stored: dict[str, dict]) -> tuple[dict[str, DecidedSeries], dict[str, str]]:
+    """The job's series, each checked against the hash it was decided with; per-ISBN
+    refusals for any that is missing or does not match."""
+    series, refusals = {}, {}
+    for isbn, expected in job.data_hashes.items():
+        decided = DecidedSeries.model_validate(stored[isbn]) if isbn in stored else None
+        if decided is None:
+            refusals[isbn] = "its decided series is missing from the run's snapshot"
+        elif not (decided.data_hash == expected == sales.series_hash(decided.weeks())):
+            refusals[isbn] = f"its snapshot does not hash to the decided {expected[:12]}: not trained on other data"
+        else:
+            series[isbn] = decided
+    return series, refusals
+
+
+def code_version(cfg: Settings) -> str:
+    """The deployed version (BOOKCAST_CODE_VERSION, set by the deploy); in a checkout, git's."""
+    if cfg.code_version != "dev":
+        return cfg.code_version
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or cfg.code_version
+    except (OSError, subprocess.SubprocessError):
+        return cfg.code_version
+
+
+def training_job(cfg: Settings, run_id: str, data_hashes: dict[str, str], snapshot: list[str],
+                 correlation_id: str, cause: dict, launcher: str, attempt: int = 1) -> TrainingJob:
+    return TrainingJob(run_id=run_id, correlation_id=correlation_id, cause=cause, launcher=launcher, attempt=attempt,
+                       code_version=code_version(cfg), data_hashes=data_hashes, snapshot=snapshot,
+                       settings=settings_snapshot(cfg))
+
+
+def decided_from_files(paths: list[str], rules: sales.UploadRules) -> tuple[dict[str, DecidedSeries], dict[str, str]]:
+    """Series from local files given by hand, merged by the one merge rule with later files
+    as newer uploads; per-ISBN problems for series with gaps. A rejected file raises."""
+    from pathlib import Path
+
+    uploads = [(f"file-{position:06d}", sales.parse_upload(f"{rules.prefix}{Path(p).name}", Path(p).read_bytes(), rules))
+               for position, p in enumerate(paths)]
+    series, problems = {}, {}
+    for isbn, merged in sales.merge_uploads(uploads).items():
+        sources = [str(Path(p).resolve()) for p, (_, rows) in zip(paths, uploads) if isbn in set(rows["isbn"])]
+        try:
+            series[isbn] = DecidedSeries.of(merged.weeks, sources)
+        except ValueError:
+            problems[isbn] = "series has missing weeks between the files: send those weeks to train"
+    return series, problems
+
+
+def prepare_run(cfg: Settings, store, series: dict[str, DecidedSeries], cause: dict, correlation_id: str,
+                launcher: str) -> TrainingJob:
+    """A run for series decided by hand (`bookcast train`): snapshot, run record, request."""
+    run_id = store.create_run(sorted(series), cause, correlation_id, launcher,
+                              data_hashes={i: s.data_hash for i, s in series.items()})
+    snapshot = write_snapshot(store, run_id, series)
+    store.update_run(run_id, snapshot=snapshot)
+    return training_job(cfg, run_id, {i: s.data_hash for i, s in series.items()}, snapshot, correlation_id, cause,
+                        launcher)
