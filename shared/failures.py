@@ -26,6 +26,11 @@ class PermanentFailure(Exception):
         super().__init__(self.reason)
 
 
+class Unfinished(Exception):
+    """Work stopped at its time budget and left for a redelivery to resume: transient by
+    design, so a push is never held past its ack deadline."""
+
+
 def parse(model: type[Model], message: PubSubMessage) -> Model:
     """The message's payload as ``model``, or a PermanentFailure saying why it is not one."""
     try:

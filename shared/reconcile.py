@@ -10,6 +10,7 @@ import time
 
 from shared.config import Settings
 from shared.events import GcsObject
+from shared.failures import Unfinished
 from shared.logs import get_logger
 from shared.runstore import RunStore
 
@@ -43,7 +44,12 @@ def reconcile(cfg: Settings, store: RunStore, budget_seconds: float = BUDGET_SEC
                             extra={"replayed": len(replayed)})
                 return replayed
             key = f"reconcile-{obj.upload_key}"
-            outcome = handle_upload(cfg, store, obj, message_id=key, delivery_key=key)
+            try:
+                outcome = handle_upload(cfg, store, obj, message_id=key, delivery_key=key)
+            except Unfinished:  # a big file: its remaining groups are resumed on the next tick
+                log.warning("gs://%s/%s#%s is partly decided; the next tick continues", obj.bucket, obj.name,
+                            obj.generation)
+                return replayed + [upload_cause_key(obj)]
             log.warning("replayed gs://%s/%s#%s: %s", obj.bucket, obj.name, obj.generation, outcome.status,
                         extra={"cause": upload_cause_key(obj), "outcome": outcome.status})
             replayed.append(upload_cause_key(obj))

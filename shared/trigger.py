@@ -27,7 +27,7 @@ from shared.config import Settings
 from shared.decisions import Decision, decide
 from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
                            TrainingRequest)
-from shared.failures import PermanentFailure, parse
+from shared.failures import PermanentFailure, Unfinished, parse
 from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
 from shared.logs import correlated, get_logger
 from shared.runstore import RunStore, now
@@ -244,11 +244,15 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
     done = {snap.id for snap in store.col("causes").document(cause.key).collection(GROUPS).select([]).stream()}
     decisions: list[Decision] = []
     for index, group in enumerate(groups):
-        if group_id(index) not in done:
-            decisions += decide_group(cfg, store, cause, run_id, index, group, upload)
-    for d in decisions:
-        log.info("decision %s: %s (%s)", d.isbn, d.action, "; ".join(d.reasons),
-                 extra={"isbn": d.isbn, "action": d.action, "cause": cause.key})
+        if group_id(index) in done:
+            continue
+        # Every attempt decides at least one group, so even a late redelivery makes progress.
+        if decisions and (now() - cause.received_at).total_seconds() > cfg.decision.work_budget_seconds:
+            log_decisions(cause, decisions)
+            raise Unfinished(f"{cause.key}: {len(groups) - index} of {len(groups)} ISBN groups left at the "
+                             f"{cfg.decision.work_budget_seconds:g} s budget; a redelivery resumes them")
+        decisions += decide_group(cfg, store, cause, run_id, index, group, upload)
+    log_decisions(cause, decisions)
     closed = close_cause(store, cause, run_id)
     finish_pending(cfg, store, store.get("causes", cause.key))
     if closed is None:
@@ -256,6 +260,12 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
     leased, summary = closed
     return Outcome(ACCEPTED, f"{len(leased)} to train, {summary['skip']} skipped, {summary['coalesce']} coalesced",
                    run_id=run_id if leased else None, decisions=decisions)
+
+
+def log_decisions(cause: Cause, decisions: list[Decision]) -> None:
+    for d in decisions:
+        log.info("decision %s: %s (%s)", d.isbn, d.action, "; ".join(d.reasons),
+                 extra={"isbn": d.isbn, "action": d.action, "cause": cause.key})
 
 
 def group_id(index: int) -> str:

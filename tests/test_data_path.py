@@ -15,7 +15,8 @@ from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import Document
 
 from shared import model_store
-from shared.events import PubSubMessage, Topics
+from shared.events import Topics
+from shared.failures import Unfinished
 from shared.gcs import storage_client
 from shared.jobs import SNAPSHOTS, TrainingJob, training_job
 from shared.reconcile import reconcile
@@ -143,6 +144,21 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(job.model_dump_json()) < 100_000  # a reference, fit for a Vertex argument
     series = trained_series(job)
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
+
+
+def test_deciding_stops_at_its_budget_and_a_redelivery_resumes_it(dry_cfg, probe, bucket):
+    hurried = dry_cfg.model_copy(update={"decision": dry_cfg.decision.model_copy(update={"work_budget_seconds": 0})})
+    frame = sample(10, years=1, seed=57)  # two groups of ISBNs
+    upload(hurried, "two-groups.csv", frame)
+    (message,) = notifications(probe, 1)
+    with pytest.raises(Unfinished, match="1 of 2 ISBN groups left"):
+        handle(hurried, message)  # the function answers 5xx: Pub/Sub redelivers
+    store = RunStore(hurried)
+    assert len(store.series_isbns()) == 8 and store.runs() == []
+    outcome = handle(hurried, message)  # the redelivery
+    assert outcome.status == "accepted" and len(outcome.decisions) == 2
+    assert sorted(store.run(outcome.run_id)["isbns"]) == sorted(frame["isbn"].unique())
+    assert handle(hurried, message).status == "duplicate"
 
 
 def test_uploads_missed_during_an_outage_are_replayed_once_by_the_reconciler(dry_cfg, probe, bucket):
