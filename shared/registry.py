@@ -16,6 +16,7 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
 PIP_REQUIREMENTS = ["statsmodels", "numpy", "pandas", "mlflow"]
+PYFUNC_EXAMPLE = {"horizon": [13], "interval": [0.8]}
 
 
 def client(cfg: Settings):
@@ -48,34 +49,59 @@ class Registration:
 def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params: dict, metrics: dict,
              tags: dict[str, str], study: dict | None = None, figure=None) -> Registration:
     """Log one MLflow run (params, metrics, study, plot, serving forecast, pyfunc model) and
-    register it as a new version of the ISBN's model."""
-    import mlflow
+    register it as a new version of the ISBN's model, with its tags (lineage, and every
+    metric as ``metric.<name>`` so version lists need no run look-ups).
 
-    from shared.forecasting.pyfunc import SalesForecaster
+    Round trips are what registration costs (~15 ms each against a local server): params,
+    metrics and tags go in one batch, the version is created with its tags in one call, and
+    the pyfunc model is logged from code with a declared signature (no pickling, no
+    signature or requirements inference)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
 
     mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
     mlflow.set_registry_uri(cfg.mlflow_tracking_uri)
     mlflow.set_experiment(EXPERIMENT)
     name = cfg.model_name(isbn)
+    finite = {k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")}
+    mlflow_client = client(cfg)
     with mlflow.start_run(run_name=f"{isbn}-{tags.get('pipeline_run_id', '')}") as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")})
-        mlflow.set_tags(tags)
+        now_ms = int(time.time() * 1000)
+        mlflow_client.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in finite.items()],
+                                params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                                tags=[RunTag(k, str(v)) for k, v in tags.items()])
         if study:
             mlflow.log_dict(study, "optuna_study.json")
         if figure is not None:
             mlflow.log_figure(figure, "holdout_forecast.png")
         mlflow.log_dict(serving, "serving/forecast.json")
-        info = mlflow.pyfunc.log_model(name="model", python_model=SalesForecaster(),
-                                       model_config={"model": fitted_model}, pip_requirements=PIP_REQUIREMENTS,
-                                       registered_model_name=name)
-    version = str(info.registered_model_version)
-    mlflow_client = client(cfg)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(name, version, key, str(value))
-    for key, value in metrics.items():
-        mlflow_client.set_model_version_tag(name, version, f"metric.{key}", f"{value:.6g}")
-    return Registration(version=version, run_id=run.info.run_id)
+        info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_source(), model_config={"model": fitted_model},
+                                       pip_requirements=PIP_REQUIREMENTS, signature=pyfunc_signature(),
+                                       input_example=PYFUNC_EXAMPLE)
+    version_tags = {**{k: str(v) for k, v in tags.items()}, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
+    version = mlflow.register_model(info.model_uri, name, tags=version_tags)
+    return Registration(version=str(version.version), run_id=run.info.run_id)
+
+
+def pyfunc_source() -> str:
+    """The pyfunc model as code (MLflow's models-from-code): loaded by path, never unpickled."""
+    from pathlib import Path
+
+    from shared.forecasting import pyfunc
+
+    return str(Path(pyfunc.__file__))
+
+
+def pyfunc_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", "horizon"), ColSpec("double", "interval", required=False)]),
+        outputs=Schema([ColSpec("string", "week"), ColSpec("double", "mean"), ColSpec("double", "lower"),
+                        ColSpec("double", "upper")]))
 
 
 def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, reason: str, actor: str,

@@ -10,7 +10,14 @@ import pytest
 import requests
 
 from emulators.processes import free_port, stop
-from shared import registry
+from datetime import date
+
+import numpy as np
+
+from shared import model_store, registry
+from shared.forecasting import models
+from shared.forecasting.models import ModelSpec
+from shared.training.per_isbn import serving_forecast
 from shared.config import load_settings
 from shared.runstore import RunStore
 from tests.helpers import TcpRelay, run_training, sample, write_csv
@@ -104,9 +111,13 @@ def test_bad_input_gets_a_4xx_that_says_what_to_fix(served, request_args, status
 def test_alias_move_is_served_within_the_ttl_and_registry_outage_serves_stale(served):
     cfg, isbn = served["cfg"], served["isbns"][0]
     before = requests.get(served["url"], params={"isbn": isbn}).json()["forecasts"][0]["version"]
-    client = registry.client(cfg)
-    other = next(v.version for v in client.search_model_versions(f"name='{cfg.model_name(isbn)}'")
-                 if v.version != before)
+    # A second version to move to: the title's seasonal-naive baseline, as a rollback target.
+    served_model = registry.client(cfg).get_model_version(cfg.model_name(isbn), before)
+    history = model_store.serving_forecast(cfg, served_model.run_id)
+    naive = models.fit(np.asarray(history["history"], float), date.fromisoformat(history["history_start"]),
+                       ModelSpec(kind="seasonal_naive")).to_dict()
+    other = registry.register(cfg, isbn, naive, serving_forecast(naive), params={}, metrics={},
+                              tags={"kind": "baseline"}).version
     registry.move_alias(cfg, RunStore(cfg), isbn, other, "rollback", "test", "pytest", "cid", publish=False)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -1,7 +1,11 @@
 """The MLflow pyfunc form of a bookcast model, so any MLflow tool (``mlflow models serve``,
-``mlflow.pyfunc.load_model``) can forecast from a registered version."""
+``mlflow.pyfunc.load_model``) can forecast from a registered version.
+
+Logged as code (MLflow's models-from-code): MLflow runs this file to get the model object,
+so nothing is pickled; the fitted parameters travel in the model config."""
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 import pandas as pd
 
@@ -26,3 +30,6 @@ class SalesForecaster(mlflow.pyfunc.PythonModel):
         mean, lower, upper = prediction.bounds(level)
         weeks = [(prediction.start + timedelta(weeks=i)).isoformat() for i in range(horizon)]
         return pd.DataFrame({"week": weeks, "mean": mean, "lower": lower, "upper": upper})
+
+
+mlflow.models.set_model(SalesForecaster())
