@@ -22,13 +22,16 @@ log = get_logger(__name__)
 
 
 class RollbackRequest(BaseModel):
+    """Sizes are bounded here, before any side effect: the reason and actor are written to
+    MLflow tags, alias history, the audit record and alerts, and a 1 MB reason once failed
+    after the alias had moved, with nothing recorded."""
     model_config = ConfigDict(extra="forbid")
-    isbns: list[str] = []
+    isbns: list[str] = Field([], max_length=1000)
     all: bool = False
     to: str = Field("previous", description="a version number, 'previous' or 'last_known_good'")
-    reason: str = Field(min_length=3)
-    actor: str = "unknown"
-    request_id: str | None = None
+    reason: str = Field(min_length=3, max_length=2000)
+    actor: str = Field("unknown", max_length=200)
+    request_id: str | None = Field(None, max_length=200)
     allow_quarantined: bool = False
 
     @field_validator("isbns")

@@ -83,11 +83,13 @@ BAD_REQUESTS = [
     ({"all": True, "to": "3", "reason": "xxxx"}, None),
     ({"reason": "xxxx"}, None),
     ({"isbns": [ISBN]}, "reason"),
+    ({"isbns": [ISBN], "reason": "x" * 1_100_000}, "reason"),  # refused before anything moves
+    ({"isbns": [ISBN], "reason": "xxxx", "actor": "y" * 5000}, "actor"),
 ]
 
 
 def test_function_is_strict_with_input_and_rolls_back_over_http(cloud, cfg, history):
-    _, v1, _, _ = history
+    _, v1, _, v3 = history
     port = free_port()
     proc = cloud.start_function("rollback", project=cfg.project_id, port=port,
                                 extra_env={"BOOKCAST_MODEL_NAME_PREFIX": cfg.model_name_prefix})
@@ -101,6 +103,7 @@ def test_function_is_strict_with_input_and_rolls_back_over_http(cloud, cfg, hist
             assert field is None or error["field"] == field
         assert requests.post(url, data="{", headers={"Content-Type": "application/json"}).status_code == 400
         assert requests.get(url, timeout=30).status_code == 405
+        assert champion(cfg) == v3 and list(RunStore(cfg).stream("audit")) == []  # nothing moved or recorded
         response = requests.post(url, json={"isbns": [ISBN], "to": "previous", "reason": "via gcloud functions call"},
                                  timeout=60)
         assert response.status_code == 200, response.text
