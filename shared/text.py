@@ -22,3 +22,14 @@ def clip(text: str, max_bytes: int) -> str:
         return text
     marker = f"... [cut: {len(encoded)} bytes]"
     return encoded[:max_bytes - len(marker)].decode(errors="ignore") + marker
+
+
+def slack_escaped(text: str) -> str:
+    """Text as Slack shows it literally: its control sequences (``<!channel>``, ``<url|label>``,
+    ``<@user>``) start with '<', so the three characters Slack reserves are escaped."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def one_line(text: str) -> str:
+    """For a mail header: line breaks would start new headers (or make the send fail)."""
+    return " ".join(text.split())

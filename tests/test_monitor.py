@@ -2,6 +2,7 @@
 once per dedup window however often they are raised."""
 from __future__ import annotations
 
+import email
 import json
 import time
 
@@ -171,3 +172,23 @@ def test_a_message_that_keeps_failing_is_dead_lettered_and_alerted(cloud, alerti
     finally:
         stop(trigger)
         stop(monitor)
+
+
+def test_alert_text_is_shown_not_interpreted_by_slack_or_mail(alerting_cfg, inbox):
+    event = RejectedInput(correlation_id="c", bucket="b", object_name="sales/<!channel>\nBcc: all@example.com",
+                          generation="7", reasons=["sales/x.csv:2: isbn: '<http://evil.example|click me>' is not"])
+    assert on_message(alerting_cfg, delivered(event, "m1"))["sent"]
+    (post,) = inbox.slack
+    assert "<!channel>" not in post["text"] and "&lt;!channel&gt;" in post["text"]
+    assert "<http://evil.example|click me>" not in post["text"] and "&lt;http://evil.example|click me&gt;" in post["text"]
+    (mail,) = inbox.mail
+    headers = email.message_from_string(mail)
+    assert headers["Bcc"] is None and "sales/<!channel> Bcc: all@example.com" in headers["Subject"]
+
+
+def test_an_alert_nobody_received_is_not_suppressed(alerting_cfg, inbox):
+    unreachable = alerting_cfg.model_copy(update={"alerts": alerting_cfg.alerts.model_copy(update={
+        "slack_webhook_url": SecretStr("http://127.0.0.1:9/hook"), "smtp_port": 9})})
+    assert on_message(unreachable, delivered(failed_run("run-lost"), "m1"))["sent"] == []
+    assert on_message(alerting_cfg, delivered(failed_run("run-lost"), "m2"))["sent"] == ["run:run-lost:failed"]
+    assert len(inbox.slack) == len(inbox.mail) == 1
