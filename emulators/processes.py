@@ -112,6 +112,19 @@ def stop(process: Process, grace: float = 10.0) -> None:
             return
 
 
+def stop_workers(state_dir: Path) -> list[str]:
+    """Stop the local training jobs still registered (shared.launch.worker_file): each gets
+    SIGTERM, marks its run cancelled and releases its leases, while Firestore is still up."""
+    stopped = []
+    for registered in sorted((Path(state_dir) / "workers").glob("*.json")):
+        worker = json.loads(registered.read_text())
+        stop(Process(name=f"worker {worker['run_id']}", pid=worker["pid"], port=0, log=worker["log"], command=[]),
+             grace=30.0)
+        registered.unlink(missing_ok=True)
+        stopped.append(worker["run_id"])
+    return stopped
+
+
 class Registry:
     """The state file that lets `down` and `status` find what `up` started."""
 

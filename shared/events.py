@@ -69,7 +69,7 @@ class IsbnResult(BaseModel):
 class TrainingEvent(Event):
     event_type: Literal["training.status"] = "training.status"
     run_id: str
-    status: Literal["queued", "started", "succeeded", "failed", "quarantined"]
+    status: Literal["queued", "started", "succeeded", "failed", "quarantined", "cancelled"]
     isbns: list[str]
     launcher: str = "local"
     reason: str = ""
@@ -81,7 +81,7 @@ class ModelChange(Event):
     isbn: str
     model_name: str
     alias: str
-    action: Literal["promote", "rollback", "baseline"]
+    action: Literal["promote", "rollback", "baseline", "refresh"]
     from_version: str | None
     to_version: str
     reason: str = ""

@@ -22,6 +22,11 @@ from shared.logs import get_logger
 
 log = get_logger(__name__)
 
+def worker_file(state_dir: str, run_id: str) -> Path:
+    """Where a local training job is registered while it runs, so `make down` can stop it."""
+    return Path(state_dir).resolve() / "workers" / f"{run_id}.json"
+
+
 # What a training job needs to reach the same Firestore, Pub/Sub and MLflow.
 FORWARDED_ENV = ("BOOKCAST_PROFILE", "BOOKCAST_PROJECT_ID", "BOOKCAST_MLFLOW_TRACKING_URI",
                  "BOOKCAST_COLLECTION_PREFIX", "BOOKCAST_MODEL_NAME_PREFIX")
@@ -62,6 +67,9 @@ class LocalLauncher:
                                     start_new_session=True)
         # Reap the job when it ends, or every finished training leaves a zombie in the function.
         threading.Thread(target=proc.wait, daemon=True).start()
+        registered = worker_file(self.cfg.state_dir, job.run_id)
+        registered.parent.mkdir(parents=True, exist_ok=True)
+        registered.write_text(json.dumps({"pid": proc.pid, "run_id": job.run_id, "log": str(log_file)}))
         log.info("launched local training %s (pid %d)", job.run_id, proc.pid,
                  extra={"run_id": job.run_id, "log": str(log_file)})
         return LaunchInfo("local", str(proc.pid), {"pid": proc.pid, "log": str(log_file), "request": str(request_file)})

@@ -19,8 +19,8 @@ from typing import Any, Iterable
 
 from shared.config import Settings
 
-RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined")
-TERMINAL = ("succeeded", "failed", "quarantined")
+RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined", "cancelled")
+TERMINAL = ("succeeded", "failed", "quarantined", "cancelled")
 
 
 def now() -> datetime:

@@ -1,11 +1,15 @@
-"""The Vertex launcher builds a real CreateCustomJobRequest; its dry run writes it."""
+"""The Vertex launcher builds a real CreateCustomJobRequest; its dry run writes it. A local
+job stops cleanly when told to."""
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
-from shared.config import load_settings
+import pytest
 from pydantic import SecretStr
 
+from shared.config import load_settings
 from shared.jobs import TrainingJob, training_job
 from shared.launch import VertexLauncher, launcher_for
 from shared.training.worker import read_request
@@ -46,3 +50,32 @@ def test_vertex_dry_run_writes_the_exact_create_custom_job_request(tmp_path, mon
     assert "slack_webhook_url" not in shipped.settings["alerts"]
     assert {"name": "BOOKCAST_PROJECT_ID", "value": "bookcast-prod"} in container["env"]
     assert info.detail["dry_run"] is True
+
+
+@pytest.mark.usefixtures("mlflow_server")
+def test_stopping_a_local_job_cancels_its_run_and_frees_its_leases(cfg, probe, project_gcs):
+    """What `make down` (and Vertex AI cancelling a job) does: SIGTERM to the job, which
+    records its run as cancelled, releases its leases and exits, instead of needing SIGKILL."""
+    from emulators.processes import stop_workers
+    from shared.gcs import storage_client
+    from shared.runstore import RunStore
+    from shared.trigger import handle
+    from tests.helpers import sample
+    from tests.test_trigger import notifications, upload
+
+    slow = cfg.model_copy(update={"training": cfg.training.model_copy(update={"trials": 500})})
+    storage_client(cfg.project_id).create_bucket(cfg.data_bucket)
+    upload(cfg, "w47.csv", sample(2, years=3, seed=61))
+    outcome = handle(slow, notifications(probe, 1)[0])  # launches a real local worker process
+    store = RunStore(cfg)
+    deadline = time.monotonic() + 90
+    while store.run(outcome.run_id)["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # into the pipeline
+    started = time.monotonic()
+    assert stop_workers(Path(cfg.state_dir)) == [outcome.run_id]
+    assert time.monotonic() - started < 25, "the job stopped on SIGTERM, not on SIGKILL after the grace"
+    run = store.run(outcome.run_id)
+    assert run["status"] == "cancelled" and "SIGTERM" in run["error"]
+    assert list(store.stream("leases")) == []
+    assert "cancelled" in [e["status"] for e in probe.messages("training-events", at_least=3)]

@@ -8,17 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from shared.events import Topics, TrainingEvent
 from shared.jobs import TrainingJob
+from shared.launch import worker_file
 from shared.logs import configure, correlated, get_logger
 from shared.training.flow import settings_of
 
 log = get_logger("training.worker")
+
+
+def ended(cfg, store, job: TrainingJob, status: str, reason: str) -> None:
+    """Record and announce a run that ended without results."""
+    from shared.leases import release_all
+    from shared.pubsub import publish
+
+    store.update_run(job.run_id, status=status, error=reason[:2000])
+    publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=job.correlation_id, run_id=job.run_id,
+                                                       status=status, isbns=job.isbns, launcher=job.launcher,
+                                                       reason=reason[:500]))
+    if status == "cancelled":  # a failure releases in execute's finally; a cancellation never gets there
+        release_all(store, job.run_id)
 
 
 def execute(request: dict) -> dict:
@@ -31,6 +50,7 @@ def execute(request: dict) -> dict:
     store = RunStore(cfg)
     run_id = job.run_id
     with correlated(job.correlation_id):
+        cancellation.arm(lambda: ended(cfg, store, job, "cancelled", Cancellation.reason))
         store.update_run(run_id, status="running")
         publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=job.correlation_id, run_id=run_id,
                                                            status="started", isbns=job.isbns, launcher=job.launcher))
@@ -43,10 +63,7 @@ def execute(request: dict) -> dict:
                 summary = pipeline.run(request)
         except Exception as error:
             log.exception("training run %s failed", run_id, extra={"run_id": run_id})
-            store.update_run(run_id, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
-            publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(
-                correlation_id=job.correlation_id, run_id=run_id, status="failed", isbns=job.isbns,
-                launcher=job.launcher, reason=f"{type(error).__name__}: {error}"[:500]))
+            ended(cfg, store, job, "failed", f"{type(error).__name__}: {error}")
             raise
         finally:
             from shared.leases import release_all
@@ -54,6 +71,48 @@ def execute(request: dict) -> dict:
             release_all(store, run_id)
         log.info("training run %s %s", run_id, summary["status"], extra={"run_id": run_id, "status": summary["status"]})
         return summary
+
+
+class Cancellation:
+    """SIGTERM (`make down`, Vertex AI cancelling the job) ends the job within seconds: a
+    thread records the run as cancelled, releases its leases, stops the per-ISBN worker
+    processes and exits. Raising in the main thread instead is not enough: ZenML and the
+    libraries under it catch broad exceptions, and leaving the process pool waits for its
+    trainings to finish."""
+
+    EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+    reason = "cancelled: the job received SIGTERM"
+
+    def __init__(self):
+        self.on_cancel = None
+        self.started = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def arm(self, on_cancel) -> None:
+        self.on_cancel = on_cancel
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if not self.started.is_set():
+            self.started.set()
+            threading.Thread(target=self._cancel, name="cancellation").start()
+
+    def _cancel(self) -> None:
+        log.warning("SIGTERM: cancelling the training run")
+        try:
+            if self.on_cancel:
+                self.on_cancel()
+        except Exception:  # exiting matters more than recording; the lease TTL is the fallback
+            log.exception("recording the cancellation failed")
+        finally:
+            for child in multiprocessing.active_children():
+                child.kill()
+            logging.shutdown()
+            os._exit(self.EXIT_CODE)
+
+
+cancellation = Cancellation()
 
 
 def read_request(argv: list[str] | None = None) -> dict:
@@ -67,6 +126,7 @@ def read_request(argv: list[str] | None = None) -> dict:
 
 def main() -> int:
     configure()
+    cancellation.install()
     request = read_request()
     try:
         execute(request)
@@ -75,6 +135,9 @@ def main() -> int:
         return 2
     except Exception:
         return 1
+    finally:
+        if isinstance(request.get("settings"), dict) and request.get("run_id"):
+            worker_file(request["settings"].get("state_dir", ".state"), str(request["run_id"])).unlink(missing_ok=True)
     return 0
 
 
