@@ -79,3 +79,16 @@ def test_stopping_a_local_job_cancels_its_run_and_frees_its_leases(cfg, probe, p
     assert run["status"] == "cancelled" and "SIGTERM" in run["error"]
     assert list(store.stream("leases")) == []
     assert "cancelled" in [e["status"] for e in probe.messages("training-events", at_least=3)]
+
+
+def test_jobs_starting_together_on_a_fresh_machine_share_one_zenml_store(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false"}
+    jobs = [subprocess.Popen([sys.executable, "-c", "from shared.training.zenml_store import ready; ready()"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    for job in jobs:
+        output = job.communicate(timeout=120)[0]
+        assert job.returncode == 0, output[-2000:]

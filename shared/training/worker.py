@@ -57,9 +57,10 @@ def execute(request: dict) -> dict:
         log.info("training run %s started", run_id, extra={"run_id": run_id, "isbns": job.isbns})
         try:
             from shared.leases import Heartbeat
-            from shared.training import pipeline
+            from shared.training import pipeline, zenml_store
 
             with Heartbeat(store, run_id, cfg.training.lease_ttl_seconds):
+                zenml_store.ready()
                 summary = pipeline.run(request)
         except Exception as error:
             log.exception("training run %s failed", run_id, extra={"run_id": run_id})
