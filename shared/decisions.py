@@ -1,5 +1,5 @@
-"""Whether to retrain one ISBN, and why: a pure function of its data, its champion and the
-policy, so every input can be stored beside the decision."""
+"""Whether to skip, refresh or retrain one ISBN, and why: a pure function of its data, its
+champion and the policy, so every input can be stored beside the decision."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,36 +10,48 @@ import numpy as np
 from shared.config import DecisionSettings
 from shared.forecasting.serving import from_artifact
 from shared.model_store import AliasTarget
+from shared.registry import Tags
 from shared.sales import series_hash
+
+
+SKIP, REFRESH, TRAIN = "skip", "refresh", "train"  # train: re-tune from scratch (a retrain)
 
 
 @dataclass
 class Decision:
     isbn: str
-    action: str                  # train | skip
+    action: str                  # SKIP | REFRESH | TRAIN
     reasons: list[str]
     inputs: dict = field(default_factory=dict)
 
 
 def degradation(weeks: dict[str, int], champion: AliasTarget, forecast: dict) -> dict | None:
-    """The champion's error on weeks it never saw, against its own holdout error."""
+    """The served model's error on weeks it never saw, accumulated since its parameters were
+    fitted (each refresh carries the running totals in its tags), against its holdout error."""
     data_end = forecast.get("data_end") or champion.tags.get("train_window_end")
     unseen = sorted(w for w in weeks if w > data_end)
-    if not unseen or champion.holdout_mae is None:
+    carried_weeks = int(champion.tags.get(Tags.UNSEEN_WEEKS, 0))
+    carried_error = float(champion.tags.get(Tags.UNSEEN_ABS_ERROR, 0.0))
+    if champion.holdout_mae is None:
         return None
     forecast_weeks, mean, _, _ = from_artifact(forecast, len(forecast["mean"]), 0.8)
     predicted = dict(zip((w.isoformat() for w in forecast_weeks), mean))
     pairs = [(weeks[w], predicted[w]) for w in unseen if w in predicted]
-    if not pairs:
+    if not pairs and not carried_weeks:
         return None
-    actual, point = np.array(pairs, float).T
-    mae = float(np.abs(actual - point).mean())
-    return {"unseen_weeks": len(pairs), "unseen_mae": round(mae, 3), "holdout_mae": champion.holdout_mae,
+    errors = np.abs(np.subtract(*np.array(pairs, float).T)) if pairs else np.array([])
+    total_weeks, total_error = carried_weeks + len(pairs), carried_error + float(errors.sum())
+    mae = total_error / total_weeks
+    return {"unseen_weeks": total_weeks, "unseen_abs_error": round(total_error, 3), "new_weeks_scored": len(pairs),
+            "unseen_mae": round(mae, 3), "holdout_mae": champion.holdout_mae,
             "ratio": round(mae / champion.holdout_mae, 3) if champion.holdout_mae > 0 else float("inf")}
 
 
 def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forecast: dict | None,
            policy: DecisionSettings, forced: bool, now: datetime) -> Decision:
+    """skip: the data is what the served forecast is conditioned on, and the model is healthy;
+    refresh: only new weeks after it, for a healthy model (baselines included): keep the fitted
+    parameters and condition them on the new weeks; train: anything else, with the reasons."""
     data_hash = series_hash(weeks)
     inputs: dict = {"data_hash": data_hash, "weeks": len(weeks), "first_week": min(weeks), "last_week": max(weeks),
                     "forced": forced}
@@ -48,18 +60,24 @@ def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forec
         reasons.append("forced")
     if champion is None:
         reasons.append("no model yet")
-        return Decision(isbn, "train", reasons, inputs)
-    trained_end = champion.tags.get("train_window_end", "")
-    age_days = (now - champion.created_at).total_seconds() / 86400
+        return Decision(isbn, TRAIN, reasons, inputs)
+    data_end = (forecast or {}).get("data_end") or champion.tags.get("train_window_end", "")
+    fitted_at = champion.tags.get(Tags.FITTED_AT)
+    fitted = datetime.fromisoformat(fitted_at) if fitted_at else champion.created_at
+    age_days = (now - fitted).total_seconds() / 86400
     inputs.update({"champion_version": champion.version, "champion_data_hash": champion.tags.get("data_hash"),
-                   "champion_train_window_end": trained_end, "champion_age_days": round(age_days, 2),
+                   "champion_data_end": data_end, "champion_age_days": round(age_days, 2),
                    "champion_kind": champion.tags.get("kind", "candidate")})
+    new_weeks = sum(w > data_end for w in weeks)
+    appended = False
     if champion.tags.get("data_hash") != data_hash:
-        new_weeks = sum(w > trained_end for w in weeks)
-        reasons.append(f"data changed since v{champion.version} was trained: "
-                       + (f"{new_weeks} new week(s) after {trained_end}" if new_weeks else "history revised"))
+        conditioned = {w: u for w, u in weeks.items() if w <= data_end}
+        appended = bool(new_weeks) and series_hash(conditioned) == champion.tags.get("data_hash")
+        if not appended:
+            reasons.append(f"history revised since v{champion.version} (its data up to {data_end} changed)")
     if age_days > policy.max_model_age_days:
-        reasons.append(f"model v{champion.version} is {age_days:.0f} days old (limit {policy.max_model_age_days})")
+        reasons.append(f"parameters of v{champion.version} are {age_days:.0f} days old "
+                       f"(limit {policy.max_model_age_days})")
     measured = degradation(weeks, champion, forecast) if forecast else None
     if measured:
         inputs["degradation"] = measured
@@ -68,7 +86,10 @@ def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forec
             reasons.append(f"degraded: MAE {measured['unseen_mae']:.1f} on {measured['unseen_weeks']} unseen weeks vs "
                            f"{measured['holdout_mae']:.1f} on its holdout (+{measured['ratio'] - 1:.0%})")
     if reasons:
-        return Decision(isbn, "train", reasons, inputs)
-    return Decision(isbn, "skip", [f"unchanged and healthy: data matches v{champion.version}, "
-                                   f"{age_days:.0f} days old"], inputs)
-
+        return Decision(isbn, TRAIN, reasons, inputs)
+    if appended:
+        inputs["refreshes"] = champion.version
+        return Decision(isbn, REFRESH, [f"{new_weeks} new week(s) after {data_end} for a healthy v{champion.version}: "
+                                        "refreshed with its fitted parameters"], inputs)
+    return Decision(isbn, SKIP, [f"unchanged and healthy: data matches v{champion.version}, "
+                                 f"parameters {age_days:.0f} days old"], inputs)

@@ -44,6 +44,14 @@ class DecidedSeries(BaseModel):
         return {(self.start + timedelta(weeks=i)).isoformat(): u for i, u in enumerate(self.units)}
 
 
+class Refresh(BaseModel):
+    """Refresh an ISBN's served version on its decided series instead of re-tuning it."""
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    unseen_weeks: int = 0           # error totals on weeks the parameters never saw, carried on
+    unseen_abs_error: float = 0.0
+
+
 class TrainingJob(BaseModel):
     """Everything a training job needs, as JSON: it travels in a file or a Vertex argument,
     so it holds references, not data."""
@@ -56,6 +64,7 @@ class TrainingJob(BaseModel):
     code_version: str
     data_hashes: dict[str, str] = Field(description="per ISBN, the hash of the series that was decided")
     snapshot: list[str] = Field(description="the snapshot documents holding those series")
+    refreshes: dict[str, Refresh] = Field(default_factory=dict, description="ISBNs to refresh rather than retrain")
     settings: dict[str, Any]
 
     @property
@@ -122,10 +131,12 @@ def code_version(cfg: Settings) -> str:
 
 
 def training_job(cfg: Settings, run_id: str, data_hashes: dict[str, str], snapshot: list[str],
-                 correlation_id: str, cause: dict, launcher: str, attempt: int = 1) -> TrainingJob:
+                 correlation_id: str, cause: dict, launcher: str, attempt: int = 1,
+                 refreshes: dict[str, dict] | None = None) -> TrainingJob:
+    # A retried run re-tunes: whatever made the first attempt fail may have been the refresh.
     return TrainingJob(run_id=run_id, correlation_id=correlation_id, cause=cause, launcher=launcher, attempt=attempt,
                        code_version=code_version(cfg), data_hashes=data_hashes, snapshot=snapshot,
-                       settings=settings_snapshot(cfg))
+                       refreshes=(refreshes or {}) if attempt == 1 else {}, settings=settings_snapshot(cfg))
 
 
 def decided_from_files(paths: list[str], rules: sales.UploadRules) -> tuple[dict[str, DecidedSeries], dict[str, str]]:

@@ -66,12 +66,17 @@ def resolve(cfg: Settings, isbn: str, alias: str | None = None) -> AliasTarget |
                        tags={t["key"]: t["value"] for t in version.get("tags", [])})
 
 
+def run_artifact(cfg: Settings, run_id: str, path: str) -> dict:
+    """A JSON artifact of a version's run, over plain HTTP (no MLflow import)."""
+    response = _get(cfg, "/get-artifact", {"path": path, "run_uuid": run_id}, timeout=5.0)
+    if not response.ok:
+        raise RegistryUnavailable(f"artifact {path} of run {run_id}: HTTP {response.status_code}")
+    return json.loads(response.content)
+
+
 def serving_forecast(cfg: Settings, run_id: str) -> dict:
     """The precomputed forecast logged with a version (mean and standard error, 104 weeks)."""
-    response = _get(cfg, "/get-artifact", {"path": "serving/forecast.json", "run_uuid": run_id}, timeout=5.0)
-    if not response.ok:
-        raise RegistryUnavailable(f"serving artifact of run {run_id}: HTTP {response.status_code}")
-    return json.loads(response.content)
+    return run_artifact(cfg, run_id, "serving/forecast.json")
 
 
 def healthy(cfg: Settings) -> bool:

@@ -15,6 +15,17 @@ from shared.logs import get_logger
 
 log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
+FITTED_MODEL = "fitted_model.json"  # the run artifact a refresh starts from
+
+
+class Tags:
+    """Version tags that decisions and refreshes read (lineage tags are set by the flow)."""
+    DATA_HASH = "data_hash"            # the series the version's forecast is conditioned on
+    KIND = "kind"                      # candidate | baseline | refresh
+    FITTED_AT = "fitted_at"            # when its parameters were estimated (refreshes keep it)
+    REFRESHES = "refreshes"            # the version a refresh was made from
+    UNSEEN_WEEKS = "unseen_weeks"      # weeks scored since the parameters were fitted
+    UNSEEN_ABS_ERROR = "unseen_abs_error"
 PIP_REQUIREMENTS = ["statsmodels", "numpy", "pandas", "mlflow"]
 PYFUNC_EXAMPLE = {"horizon": [13], "interval": [0.8]}
 
@@ -72,6 +83,7 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
         mlflow_client.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in finite.items()],
                                 params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                                 tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        mlflow.log_dict(fitted_model, FITTED_MODEL)
         if study:
             mlflow.log_dict(study, "optuna_study.json")
         if figure is not None:
@@ -83,6 +95,13 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
     version_tags = {**{k: str(v) for k, v in tags.items()}, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
     version = mlflow.register_model(info.model_uri, name, tags=version_tags)
     return Registration(version=str(version.version), run_id=run.info.run_id)
+
+
+def fitted_model(cfg: Settings, run_id: str) -> dict:
+    """The fitted model a version was registered with (what a refresh starts from)."""
+    from shared import model_store
+
+    return model_store.run_artifact(cfg, run_id, FITTED_MODEL)
 
 
 def pyfunc_source() -> str:

@@ -24,7 +24,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import leases, model_store, sales
 from shared.config import Settings
-from shared.decisions import Decision, decide
+from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
 from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
                            TrainingRequest)
 from shared.failures import PermanentFailure, Unfinished, parse
@@ -40,6 +40,8 @@ log = get_logger(__name__)
 GROUP_ISBNS = 8
 DECIDING, ACCEPTED, REJECTED = "deciding", "accepted", "rejected"
 GROUPS = "groups"  # the per-group markers, a subcollection of the cause
+COALESCE = "coalesce"  # wanted training, but the ISBN is training: a follow-up when that run ends
+ACTIONS = (TRAIN, REFRESH, SKIP, COALESCE)
 
 
 @dataclass
@@ -258,7 +260,8 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
     if closed is None:
         return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
     leased, summary = closed
-    return Outcome(ACCEPTED, f"{len(leased)} to train, {summary['skip']} skipped, {summary['coalesce']} coalesced",
+    return Outcome(ACCEPTED, f"{summary[TRAIN]} to retrain, {summary[REFRESH]} to refresh, {summary[SKIP]} skipped, "
+                             f"{summary[COALESCE]} coalesced",
                    run_id=run_id if leased else None, decisions=decisions)
 
 
@@ -266,6 +269,14 @@ def log_decisions(cause: Cause, decisions: list[Decision]) -> None:
     for d in decisions:
         log.info("decision %s: %s (%s)", d.isbn, d.action, "; ".join(d.reasons),
                  extra={"isbn": d.isbn, "action": d.action, "cause": cause.key})
+
+
+def refresh_of(decision: Decision) -> dict:
+    """What a refresh job needs from its decision: the version to refresh and the running
+    error totals on unseen weeks, which the refreshed version carries on."""
+    measured = decision.inputs.get("degradation") or {}
+    return {"version": decision.inputs["refreshes"], "unseen_weeks": measured.get("unseen_weeks", 0),
+            "unseen_abs_error": measured.get("unseen_abs_error", 0.0)}
 
 
 def group_id(index: int) -> str:
@@ -297,7 +308,7 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
             decision = decide(isbn, merged.weeks, target, forecast, cfg.decision, cause.forced, decided_at)
             missing = sales.missing_weeks(sorted(datetime.fromisoformat(w).date() for w in merged.weeks))
             if missing:
-                decision = Decision(isbn, "skip", [f"series has {len(missing)} missing week(s) between uploads, "
+                decision = Decision(isbn, SKIP, [f"series has {len(missing)} missing week(s) between uploads, "
                                                    f"first {missing[0]}: send those weeks to train"], decision.inputs)
             else:
                 decided[isbn] = DecidedSeries.of(merged.weeks, sources)
@@ -306,12 +317,12 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
                 transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": merged.weeks, "week_orders": merged.orders,
                                                     "sources": sources, "data_hash": decision.inputs["data_hash"],
                                                     "updated_at": now(), "last_cause": cause.key})
-        to_train = [d.isbn for d in decisions if d.action == "train"]
+        to_train = [d.isbn for d in decisions if d.action in (TRAIN, REFRESH)]
         leased, busy = leases.claim(store, transaction, held, to_train, run_id, cfg.training.lease_ttl_seconds,
                                     cause.as_dict())
         for d in decisions:
             if d.isbn in busy:
-                d.action = "coalesce"
+                d.action = COALESCE
                 d.reasons = d.reasons + [f"already training in {held[d.isbn]['run_id']}: queued as a follow-up"]
             store.record_decision(d.isbn, d.action, d.reasons, d.inputs, cause.as_dict(), cause.correlation_id,
                                   run_id=run_id if d.isbn in leased else None, transaction=transaction)
@@ -322,7 +333,8 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
         transaction.create(marker, {
             "leased": leased, "snapshot": snapshot, "data_hashes": {i: decided[i].data_hash for i in leased},
             "decisions": {d.isbn: d.reasons for d in decisions if d.isbn in leased},
-            "summary": {a: sum(d.action == a for d in decisions) for a in ("train", "skip", "coalesce")}})
+            "refreshes": {d.isbn: refresh_of(d) for d in decisions if d.isbn in leased and d.action == REFRESH},
+            "summary": {a: sum(d.action == a for d in decisions) for a in ACTIONS}})
         return decisions
 
     try:
@@ -343,13 +355,14 @@ def close_cause(store: RunStore, cause: Cause, run_id: str) -> tuple[list[str], 
         in_order = ref.collection(GROUPS).order_by(FieldPath.document_id())
         markers = [m.to_dict() for m in transaction.get(in_order)]
         leased = sorted(i for m in markers for i in m["leased"])
-        summary = {a: sum(m["summary"][a] for m in markers) for a in ("train", "skip", "coalesce")}
+        summary = {a: sum(m["summary"].get(a, 0) for m in markers) for a in ACTIONS}
         if leased:
             store.create_run(leased, cause.as_dict(), cause.correlation_id, store.cfg.launcher, run_id=run_id,
                              transaction=transaction,
                              data_hashes={i: h for m in markers for i, h in m["data_hashes"].items()},
                              snapshot=sorted(m["snapshot"] for m in markers if m["snapshot"]),
-                             decisions={i: r for m in markers for i, r in m["decisions"].items()})
+                             decisions={i: r for m in markers for i, r in m["decisions"].items()},
+                             refreshes={i: r for m in markers for i, r in m.get("refreshes", {}).items()})
         transaction.update(ref, {"status": ACCEPTED, "run_id": run_id if leased else None, "launched": not leased,
                                  "summary": summary, "decided_at": now()})
         transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
@@ -400,7 +413,7 @@ def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) ->
 
     run = store.run(run_id)
     job = training_job(cfg, run_id, run["data_hashes"], run["snapshot"], run["correlation_id"], run["cause"],
-                       cfg.launcher, attempt=attempt)
+                       cfg.launcher, attempt=attempt, refreshes=run.get("refreshes") or {})
     info = launcher_for(cfg).launch(job)
     store.update_run(run_id, launch={**info.detail, "handle": info.handle}, attempt=attempt)
     publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=run["correlation_id"], run_id=run_id, status="queued",

@@ -1,4 +1,4 @@
-"""The retrain policy as a pure function."""
+"""The skip / refresh / retrain policy as a pure function."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
@@ -33,11 +33,31 @@ def test_unchanged_healthy_book_is_skipped_with_its_reason():
     assert d.inputs["champion_version"] == "4" and d.inputs["data_hash"] == d.inputs["champion_data_hash"]
 
 
-def test_new_weeks_retrain():
+def test_new_weeks_for_a_healthy_model_refresh_it():
     trained_on = weeks(100)
-    now_data = weeks(102, end=date(2026, 11, 30))
+    now_data = {**trained_on, "2026-11-23": 100, "2026-11-30": 100}
     d = decide("x", now_data, *champion(trained_on), POLICY, forced=False, now=NOW)
-    assert d.action == "train" and "2 new week(s)" in d.reasons[0]
+    assert d.action == "refresh" and d.reasons[0].startswith("2 new week(s) after 2026-11-16 for a healthy v4")
+    assert d.inputs["refreshes"] == "4" and d.inputs["degradation"]["unseen_weeks"] == 2
+
+
+def test_errors_on_unseen_weeks_accumulate_across_refreshes():
+    """One new week a time never reaches the 4 weeks a degradation needs on its own: the
+    totals carried by each refresh do."""
+    trained_on = weeks(100)
+    target, forecast = champion(trained_on)
+    target.tags.update({"unseen_weeks": "3", "unseen_abs_error": "150"})  # three refreshes, 50 off each
+    d = decide("x", {**trained_on, "2026-11-23": 160}, target, forecast, POLICY, forced=False, now=NOW)
+    assert d.inputs["degradation"]["unseen_weeks"] == 4 and d.inputs["degradation"]["unseen_mae"] == 52.5
+    assert d.action == "train" and d.reasons[0].startswith("degraded: MAE 52.5 on 4 unseen weeks")
+
+
+def test_age_counts_from_when_the_parameters_were_fitted():
+    data = weeks(100)
+    target, forecast = champion(data, age_days=1)  # a refresh made yesterday
+    target.tags["fitted_at"] = (NOW - timedelta(days=50)).isoformat()  # of parameters fitted 50 days ago
+    d = decide("x", {**data, "2026-11-23": 100}, target, forecast, POLICY, forced=False, now=NOW)
+    assert d.action == "train" and "50 days old" in d.reasons[0]
 
 
 def test_revised_history_retrains():

@@ -62,7 +62,8 @@ def test_uploads_drive_decisions_runs_and_champions(cfg, probe, trigger_function
                       "the correction's training run")[0]
     assert second["isbns"] == [changed_isbn]
     reasons = second["decisions"][changed_isbn]
-    assert reasons == [f"data changed since v{champions[changed_isbn].version} was trained: history revised"]
+    assert reasons == [f"history revised since v{champions[changed_isbn].version} "
+                       f"(its data up to {changed['week'].max()} changed)"]
     assert model_store.resolve(cfg, isbns[1]).version == champions[isbns[1]].version
 
     # What an operator sees with the CLI.

@@ -182,3 +182,24 @@ def test_calibrated_intervals_reach_the_serving_artifact():
     plain = from_artifact({**artifact, "interval_scale": []}, 10, 0.8)
     ratio = dict(artifact["interval_scale"])[0.8]
     assert (upper - lower).sum() != pytest.approx((plain[3] - plain[2]).sum()) or ratio == pytest.approx(1)
+
+
+@pytest.mark.parametrize("kind", ["harmonic_arima", "sarima", "ets", "theta", "tsb", "combination", "seasonal_naive"])
+def test_refresh_conditions_the_same_parameters_on_new_weeks(kind):
+    frame = sample(1, years=3, seed=5)
+    weeks, units = weekly(frame)
+    y = np.asarray(units)
+    spec = {"combination": ModelSpec(kind="combination", members=(ModelSpec(kind="ets", trend="add"),
+                                                                   ModelSpec(kind="theta"))),
+            "sarima": ModelSpec(kind="sarima", p=1, d=0, q=0, seasonal_order=(0, 1, 0, 52))}.get(kind, ModelSpec(kind=kind))
+    old = models.fit(y[:-8], weeks[0], spec)
+    old.interval_scale = [[0.8, 1.3], [0.95, 1.2]]
+    fresh = models.refresh(FittedModel.from_dict(old.to_dict()), y)
+    assert fresh.n_obs == len(y) and fresh.interval_scale == old.interval_scale
+    if kind not in ("tsb", "theta"):  # closed-form smoothers recompute their state; the rest keep parameters
+        assert fresh.params == old.params
+    prediction = models.forecast(fresh, 13)
+    assert prediction.start == weeks[-1] + timedelta(weeks=1)  # starts the week after the newest week
+    assert np.all(np.isfinite(prediction.mean))
+    with pytest.raises(ValueError, match="history was revised"):
+        models.refresh(old, np.concatenate([[y[0] + 1], y[1:]]))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from shared import registry
-from shared.forecasting.models import FAMILIES
+from shared.forecasting.models import COMBINATION, FAMILIES
 from shared.runstore import RunStore
 from tests.helpers import run_training, sample, short_series, write_csv
 
@@ -77,7 +77,7 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
     assert second["results"][0]["status"] == "promoted"
     champion = registry.version_by_alias(cfg, isbn)
     assert int(champion.version) > int(baseline.version)
-    assert json.loads(champion.tags["spec"])["kind"] in FAMILIES and champion.tags["family"] in FAMILIES
+    assert json.loads(champion.tags["spec"])["kind"] == champion.tags["family"] in (*FAMILIES, COMBINATION)
     assert client.get_model_version(cfg.model_name(isbn), baseline.version).tags["baseline"] == "true"
 
     # Demanding a 50% improvement over the champion: the candidate must not replace it.

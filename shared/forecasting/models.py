@@ -298,6 +298,25 @@ def fit(y: np.ndarray, start: date, spec: ModelSpec) -> FittedModel:
     return FittedModel(spec, start, len(y), params=[float(v) for v in params], history=y.tolist())
 
 
+def refresh(model: FittedModel, y: np.ndarray) -> FittedModel:
+    """The same model conditioned on a longer series: fitted parameters, calibration and
+    start kept, the new weeks filtered in without re-estimation (state-space families run
+    their filter with the stored parameters; TSB and Theta re-run their closed-form
+    smoothing). ``y`` must extend the model's history unchanged."""
+    y = np.asarray(y, float)
+    if len(y) < model.n_obs or not np.array_equal(y[:model.n_obs], np.asarray(model.history, float)):
+        raise ValueError("a refresh needs the model's own history followed by new weeks; the history was revised")
+    params = model.params
+    if model.spec.kind == "tsb":
+        params = [float(v) for v in _tsb(y, model.spec.alpha, model.spec.beta)]
+    elif model.spec.kind == "theta":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            params = [float(v) for v in np.asarray(_theta(y, model.spec).params)]
+    return FittedModel(model.spec, model.start, len(y), params=list(params), history=y.tolist(),
+                       interval_scale=model.interval_scale, members=[refresh(m, y) for m in model.members])
+
+
 def _normal_se(upper: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
     return (np.asarray(upper, float) - np.asarray(mean, float)) / NormalDist().inv_cdf(1 - alpha / 2)
 

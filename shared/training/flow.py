@@ -14,7 +14,9 @@ from multiprocessing import get_context
 
 from shared.config import Settings
 from shared.events import IsbnResult, TrainingEvent
-from shared.jobs import DecidedSeries, TrainingJob, read_snapshot, verify
+from shared.forecasting import gates
+from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
+from shared.registry import Tags
 from shared.logs import get_logger
 from shared.forecasting.models import ModelSpec
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
@@ -54,7 +56,10 @@ def preprocess(valid: dict[str, dict]) -> dict[str, dict]:
     return series
 
 
-# --- train ----------------------------------------------------------------------------------
+# --- train, gate, register, promote: each ISBN as soon as it is ready -------------------------
+REGISTRATION_THREADS = 4  # registration is MLflow round trips: overlap them with each other and with training
+
+
 def _train_one(args: tuple) -> Candidate:
     isbn, weeks, units, training_json, champion_spec = args
     from shared.config import TrainingSettings
@@ -88,19 +93,20 @@ def single_threaded_blas():
                 os.environ[key] = value
 
 
-def train_all(request: dict, series: dict[str, dict]) -> list[dict]:
-    """Tune, fit and evaluate every ISBN in parallel worker processes, showing progress."""
+def trained(cfg: Settings, series: dict[str, dict]):
+    """Tune, fit and evaluate every ISBN in parallel worker processes, yielding each
+    candidate as it finishes (with progress on a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    cfg = settings_of(request)
+    if not series:
+        return
     specs = champion_specs(cfg, list(series))
     workers = cfg.training.workers or os.cpu_count() or 1
     jobs = [(isbn, s["weeks"], s["units"], cfg.training.model_dump_json(), specs.get(isbn)) for isbn, s in series.items()]
-    candidates: list[Candidate] = []
     progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
     # spawn, not fork: the parent holds gRPC channels that do not survive a fork.
-    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
                                max_tasks_per_child=20)
     with single_threaded_blas(), progress, pool:
         task = progress.add_task("", total=len(jobs))
@@ -111,15 +117,39 @@ def train_all(request: dict, series: dict[str, dict]) -> list[dict]:
                 candidate = future.result()
             except Exception as error:  # a worker crash (e.g. killed for memory) is that ISBN's failure
                 candidate = Candidate(isbn=isbn, status="failed", reason=f"worker died: {error!r}")
-            candidates.append(candidate)
             progress.update(task, advance=1, description=f"{isbn} {candidate.status}")
             log.info("trained %d/%d: %s %s", done, len(jobs), isbn, candidate.status,
                      extra={"isbn": isbn, "status": candidate.status, "seconds": round(candidate.seconds, 2),
                             "reason": candidate.reason, "progress": f"{done}/{len(jobs)}"})
-    return [asdict(c) for c in sorted(candidates, key=lambda c: c.isbn)]
+            yield candidate
 
 
-# --- gate, register, promote ----------------------------------------------------------------
+def train_and_register(request: dict, series: dict[str, dict], problems: dict[str, str]) -> list[dict]:
+    """Refresh what the decisions said to refresh, tune the rest; gate, register and promote
+    each ISBN as soon as it is ready, so champions appear while the run goes on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.runstore import RunStore
+
+    cfg = settings_of(request)
+    refreshes = {isbn: Refresh.model_validate(r) for isbn, r in (request.get("refreshes") or {}).items()}
+    store = RunStore(cfg)
+    results = [IsbnResult(isbn=i, status="refused", reason=r) for i, r in sorted(problems.items())]
+    to_train = dict(series)
+    with ThreadPoolExecutor(REGISTRATION_THREADS, thread_name_prefix="register") as registrar:
+        pending = []
+        for isbn in sorted(set(refreshes) & set(series)):
+            refreshed = refresh_candidate(cfg, isbn, series[isbn], refreshes[isbn])
+            if refreshed is not None:
+                del to_train[isbn]
+                pending.append(registrar.submit(register_refresh, cfg, store, request, refreshed, series[isbn],
+                                                refreshes[isbn]))
+        for candidate in trained(cfg, to_train):
+            pending.append(registrar.submit(gate_and_register, cfg, store, request, candidate, series[candidate.isbn]))
+        results += [future.result() for future in pending]
+    return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
+
+
 def _figure(candidate: Candidate, title: str):
     from shared.plots import forecast_figure
 
@@ -129,70 +159,108 @@ def _figure(candidate: Candidate, title: str):
                            naive=holdout["naive"])
 
 
-def gate_and_register(request: dict, candidates: list[dict], series: dict[str, dict],
-                      problems: dict[str, str]) -> list[dict]:
-    from shared import registry
-    from shared.runstore import RunStore
-
-    cfg = settings_of(request)
-    store = RunStore(cfg)
-    results: list[IsbnResult] = [IsbnResult(isbn=i, status="refused", reason=r) for i, r in sorted(problems.items())]
-    for raw in candidates:
-        candidate = Candidate(**{**raw, "train_window": tuple(raw["train_window"])})
-        if candidate.status != "trained":
-            results.append(IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason))
-            continue
-        info = series[candidate.isbn]
-        lineage = {
-            "isbn": candidate.isbn, "data_hash": info["data_hash"], "source_objects": ",".join(info["sources"])[:4000],
+def _lineage(request: dict, isbn: str, info: dict, train_window: tuple[str, str], holdout_weeks: int) -> dict:
+    return {"isbn": isbn, "data_hash": info["data_hash"], "source_objects": ",".join(info["sources"])[:4000],
             "pipeline_run_id": request["run_id"], "zenml_run_id": request.get("zenml_run_id", ""),
-            "code_version": request.get("code_version", "unknown"), "train_window_start": candidate.train_window[0],
-            "train_window_end": candidate.train_window[1], "holdout_weeks": str(candidate.holdout_weeks),
-            "correlation_id": request["correlation_id"],
-        }
-        verdict = gate(candidate, cfg.gates)
-        metrics = {**candidate.metrics, "cv_score": candidate.study["cv_score"],
-                   **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
-                      if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
-                   **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
-        title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
-        registration = registry.register(
-            cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
-            params={**candidate.spec, "family": candidate.spec["kind"], "trials": cfg.training.trials,
-                    "holdout_weeks": candidate.holdout_weeks, "cv_metric": candidate.study["cv_metric"],
-                    "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
-            metrics=metrics, study=candidate.study,
-            figure=_figure(candidate, title),
-            tags={**lineage, "spec": json.dumps(candidate.spec), "kind": "candidate", "family": candidate.spec["kind"],
-                  "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
-                  "quarantine_reason": "; ".join(verdict.reasons)})
-        if verdict.passed:
-            registry.move_alias(cfg, store, candidate.isbn, registration.version, "promote",
-                                "passed the quality gates", "training", request["correlation_id"])
-            results.append(IsbnResult(isbn=candidate.isbn, status="promoted", version=registration.version,
-                                      mlflow_run_id=registration.run_id, reason="passed the quality gates",
-                                      metrics=_round(candidate.metrics)))
-            continue
-        reason = "quarantined: " + "; ".join(verdict.reasons)
-        if registry.version_by_alias(cfg, candidate.isbn) is None:
-            # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
-            family = candidate.baseline_model["spec"]["kind"]
-            baseline = registry.register(
-                cfg, candidate.isbn, candidate.baseline_model, serving_forecast(candidate.baseline_model),
-                params={"kind": family, "family": family}, metrics=candidate.baseline_metrics,
-                tags={**lineage, "spec": json.dumps({"kind": family}), "kind": "baseline", "family": family,
-                      "baseline": "true", "gate": "baseline", "quarantined": "false"})
-            registry.move_alias(cfg, store, candidate.isbn, baseline.version, "baseline",
-                                f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",
-                                "training", request["correlation_id"])
-            results.append(IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version,
-                                      mlflow_run_id=baseline.run_id, reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
-                                      metrics=_round(candidate.metrics)))
-        else:
-            results.append(IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
-                                      mlflow_run_id=registration.run_id, reason=reason,
-                                      metrics=_round(candidate.metrics)))
-    return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
+            "code_version": request.get("code_version", "unknown"), "train_window_start": train_window[0],
+            "train_window_end": train_window[1], "holdout_weeks": str(holdout_weeks),
+            "correlation_id": request["correlation_id"]}
+
+
+def gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate, info: dict) -> IsbnResult:
+    from shared import registry
+
+    if candidate.status != "trained":
+        return IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason)
+    lineage = {**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks),
+               Tags.FITTED_AT: datetime.now(timezone.utc).isoformat()}
+    verdict = gate(candidate, cfg.gates)
+    metrics = {**candidate.metrics, "cv_score": candidate.study["cv_score"],
+               **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
+                  if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
+               **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
+    title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
+    registration = registry.register(
+        cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
+        params={**candidate.spec, "family": candidate.spec["kind"], "trials": cfg.training.trials,
+                "holdout_weeks": candidate.holdout_weeks, "cv_metric": candidate.study["cv_metric"],
+                "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
+        metrics=metrics, study=candidate.study,
+        figure=_figure(candidate, title),
+        tags={**lineage, "spec": json.dumps(candidate.spec), Tags.KIND: "candidate", "family": candidate.spec["kind"],
+              "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
+              "quarantine_reason": "; ".join(verdict.reasons)})
+    if verdict.passed:
+        registry.move_alias(cfg, store, candidate.isbn, registration.version, "promote",
+                            "passed the quality gates", "training", request["correlation_id"])
+        return IsbnResult(isbn=candidate.isbn, status="promoted", version=registration.version,
+                          mlflow_run_id=registration.run_id, reason="passed the quality gates",
+                          metrics=_round(candidate.metrics))
+    reason = "quarantined: " + "; ".join(verdict.reasons)
+    if registry.version_by_alias(cfg, candidate.isbn) is not None:
+        return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
+                          mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
+    # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
+    family = candidate.baseline_model["spec"]["kind"]
+    baseline = registry.register(
+        cfg, candidate.isbn, candidate.baseline_model, serving_forecast(candidate.baseline_model),
+        params={"kind": family, "family": family}, metrics=candidate.baseline_metrics,
+        tags={**lineage, "spec": json.dumps({"kind": family}), Tags.KIND: "baseline", "family": family,
+              "baseline": "true", "gate": "baseline", "quarantined": "false"})
+    registry.move_alias(cfg, store, candidate.isbn, baseline.version, "baseline",
+                        f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",
+                        "training", request["correlation_id"])
+    return IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version, mlflow_run_id=baseline.run_id,
+                      reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
+                      metrics=_round(candidate.metrics))
+
+
+def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) -> Candidate | None:
+    """The served version's fitted model conditioned on the decided series, or None (with
+    the reason logged) when that is impossible and the ISBN must be re-tuned instead."""
+    from shared import registry
+    from shared.forecasting import models
+    from shared.forecasting.models import FittedModel
+
+    try:
+        version = registry.client(cfg).get_model_version(cfg.model_name(isbn), refresh.version)
+        fitted = FittedModel.from_dict(registry.fitted_model(cfg, version.run_id))
+        weeks = [date.fromisoformat(w) for w in info["weeks"]]
+        if weeks[0] != fitted.start:
+            raise ValueError(f"the series now starts {weeks[0]}, the model's data started {fitted.start}")
+        model = models.refresh(fitted, info["units"]).to_dict()
+    except Exception as error:  # noqa: BLE001 - any failure means: re-tune this ISBN instead
+        log.warning("cannot refresh %s v%s, re-tuning it: %s", isbn, refresh.version, error, extra={"isbn": isbn})
+        return None
+    return Candidate(isbn=isbn, status="refreshed", spec=model["spec"], model=model,
+                     metrics=gates.metrics_from_tags(version.tags) or {},
+                     reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
+                     train_window=(version.tags.get("train_window_start", ""), version.tags.get("train_window_end", "")),
+                     holdout_weeks=int(version.tags.get("holdout_weeks", 0)),
+                     study={"refreshed_from": refresh.version, "tags": version.tags})
+
+
+def register_refresh(cfg: Settings, store, request: dict, candidate: Candidate, info: dict,
+                     refresh: Refresh) -> IsbnResult:
+    """A refresh is the served model with new weeks filtered in: no new estimate to gate, so
+    it is registered as a new version (kind refresh, lineage to the version it refreshes)
+    and served at once."""
+    from shared import registry
+
+    previous = candidate.study["tags"]
+    carried = {k: previous[k] for k in ("family", "spec", Tags.FITTED_AT, "baseline") if k in previous}
+    registration = registry.register(
+        cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
+        params={"kind": "refresh", "refreshes": refresh.version, "family": previous.get("family", "")},
+        metrics=candidate.metrics,
+        tags={**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks), **carried,
+              Tags.KIND: "refresh", Tags.REFRESHES: refresh.version, Tags.UNSEEN_WEEKS: str(refresh.unseen_weeks),
+              Tags.UNSEEN_ABS_ERROR: f"{refresh.unseen_abs_error:.6g}", "quarantined": "false"})
+    registry.move_alias(cfg, store, candidate.isbn, registration.version, "refresh", candidate.reason, "training",
+                        request["correlation_id"])
+    status = "baseline" if previous.get("baseline") == "true" else "promoted"
+    return IsbnResult(isbn=candidate.isbn, status=status, version=registration.version,
+                      mlflow_run_id=registration.run_id, reason=candidate.reason, metrics=_round(candidate.metrics))
 
 
 def _round(metrics: dict) -> dict:

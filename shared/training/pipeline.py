@@ -26,15 +26,11 @@ def preprocess(valid_series: dict) -> Annotated[dict, "series"]:
 
 
 @step(enable_cache=False)
-def train(request: dict, series: dict) -> Annotated[list, "candidates"]:
-    """Split, tune, fit and evaluate each ISBN (in parallel processes)."""
-    return flow.train_all(request, series)
-
-
-@step(enable_cache=False)
-def gate_register_promote(request: dict, candidates: list, series: dict, refusals: dict) -> Annotated[list, "results"]:
+def train_register_promote(request: dict, series: dict, refusals: dict) -> Annotated[list, "results"]:
+    """Refresh or tune each ISBN (tuning in parallel processes), then gate, register and
+    promote it as soon as it is ready: one step, so champions appear while the run goes on."""
     request = {**request, "zenml_run_id": str(get_step_context().pipeline_run.id)}
-    return flow.gate_and_register(request, candidates, series, refusals)
+    return flow.train_and_register(request, series, refusals)
 
 
 @step(enable_cache=False)
@@ -48,8 +44,7 @@ def training_pipeline(request: dict):
     decided_series = load(request)
     valid_series, refusals = validate(request, decided_series)
     series = preprocess(valid_series)
-    candidates = train(request, series)
-    results = gate_register_promote(request, candidates, series, refusals)
+    results = train_register_promote(request, series, refusals)
     publish(request, results)
 
 

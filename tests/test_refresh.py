@@ -1,0 +1,62 @@
+"""Fresh forecasts at low cost, through the bucket: a first upload trains, new weeks
+refresh the served model with its fitted parameters (no re-tuning), an identical re-upload
+under another name skips; the served forecast always starts the week after the newest week."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from shared import leases, model_store, registry
+from shared.registry import Tags
+from shared.runstore import RunStore
+from tests.helpers import sample
+from tests.test_end_to_end import finished_runs, wait_for
+from tests.test_trigger import upload
+
+pytestmark = pytest.mark.usefixtures("mlflow_server")
+
+
+def served_start(cfg, isbn: str) -> date:
+    target = model_store.resolve(cfg, isbn)
+    return date.fromisoformat(model_store.serving_forecast(cfg, target.run_id)["start"])
+
+
+def test_upload_then_new_weeks_then_a_resend_train_refresh_skip(cfg, probe, trigger_function):
+    store = RunStore(cfg)
+    frame = sample(2, years=2.5, seed=43)
+    isbns = sorted(frame["isbn"].unique())
+    cut = frame["week"].max() - timedelta(weeks=26)
+    history, increment = frame[frame["week"] <= cut], frame[frame["week"] > cut]
+
+    upload(cfg, "history.csv", history)
+    (first,) = wait_for(lambda: finished_runs(store, 1), 240, "the first training run")
+    assert first["status"] == "succeeded", first.get("error")
+    trained = {i: model_store.resolve(cfg, i) for i in isbns}
+    assert all(served_start(cfg, i) == cut + timedelta(weeks=1) for i in isbns)
+
+    # The run ends when its leases are released; an upload before that would be a follow-up.
+    wait_for(lambda: not list(store.col(leases.COLLECTION).limit(1).stream()), 30, "the first run's leases")
+    upload(cfg, "increment.csv", increment)  # 26 new weeks, nothing before them changed
+    runs = wait_for(lambda: finished_runs(store, 2), 120, "the refresh run")
+    refresh_run = next(r for r in runs if r["run_id"] != first["run_id"])
+    assert refresh_run["status"] == "succeeded", refresh_run.get("error")
+    decisions = {d["isbn"]: d for d in store.decisions() if d["cause"].get("object", "").endswith("increment.csv")}
+    assert {d["action"] for d in decisions.values()} == {"refresh"}
+    assert all("26 new week(s)" in d["reasons"][0] for d in decisions.values())
+    client = registry.client(cfg)
+    for isbn in isbns:
+        served = model_store.resolve(cfg, isbn)
+        assert served.tags[Tags.KIND] == "refresh" and served.tags[Tags.REFRESHES] == trained[isbn].version
+        assert served.tags[Tags.FITTED_AT] == trained[isbn].tags[Tags.FITTED_AT]  # the same fitted parameters
+        assert served.tags[Tags.DATA_HASH] == store.get("series", isbn)["data_hash"]
+        assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)
+        assert store.alias_history(isbn)[-1]["action"] == "refresh"
+        original = client.get_model_version(cfg.model_name(isbn), trained[isbn].version)
+        assert int(served.tags[Tags.UNSEEN_WEEKS]) == 26 and original.tags["metric.mae"] == served.tags["metric.mae"]
+
+    upload(cfg, "increment-resent.csv", increment)  # the same data again, under another name
+    resent = wait_for(lambda: [d for d in store.decisions() if d["cause"].get("object", "").endswith("resent.csv")]
+                      or None, 30, "decisions on the resend")
+    assert {d["action"] for d in resent} == {"skip"}
+    assert len(store.runs()) == 2
