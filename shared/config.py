@@ -38,7 +38,7 @@ class GateSettings(BaseModel):
 
 
 class DecisionSettings(BaseModel):
-    max_model_age_days: int = 35
+    max_model_age_days: int = Field(84, description="re-estimate parameters at least this often; refreshes in between")
     degradation_threshold: float = Field(0.25, description="relative error increase on unseen weeks")
     min_new_weeks_for_degradation: int = 4
     work_budget_seconds: float = Field(30.0, ge=0, description="deciding stops after this long and a redelivery "
@@ -50,6 +50,8 @@ class ServingSettings(BaseModel):
     alias_ttl_seconds: float = 10.0
     max_horizon: int = 104
     max_isbns_per_request: int = 50
+    registry_retry_seconds: float = Field(15.0, description="after MLflow failed, serve cached models this long "
+                                                             "without asking it (one background probe at a time)")
 
 
 class VertexSettings(BaseModel):

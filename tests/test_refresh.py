@@ -10,7 +10,7 @@ import pytest
 from shared import leases, model_store, registry
 from shared.registry import Tags
 from shared.runstore import RunStore
-from tests.helpers import sample
+from tests.helpers import run_training, sample, write_csv
 from tests.test_end_to_end import finished_runs, wait_for
 from tests.test_trigger import upload
 
@@ -60,3 +60,21 @@ def test_upload_then_new_weeks_then_a_resend_train_refresh_skip(cfg, probe, trig
                       or None, 30, "decisions on the resend")
     assert {d["action"] for d in resent} == {"skip"}
     assert len(store.runs()) == 2
+
+
+def test_a_quarantined_retrain_still_leaves_a_fresh_forecast_served(cfg, probe, tmp_path):
+    frame = sample(1, years=2.5, seed=47)
+    isbn = frame["isbn"].iloc[0]
+    history = frame[frame["week"] <= frame["week"].max() - timedelta(weeks=8)]
+    _, first = run_training(cfg, [write_csv(history, tmp_path, "history.csv")])
+    served = model_store.resolve(cfg, isbn)
+    assert first["results"][0]["version"] == served.version
+
+    impossible = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"max_rmse": 0.001})})
+    _, second = run_training(impossible, [write_csv(history, tmp_path, "history.csv"),
+                                          write_csv(frame, tmp_path, "all.csv")])
+    result = second["results"][0]
+    assert result["status"] == "quarantined" and f"champion v{served.version} refreshed" in result["reason"]
+    now_served = model_store.resolve(cfg, isbn)
+    assert now_served.tags[Tags.KIND] == "refresh" and now_served.tags[Tags.REFRESHES] == served.version
+    assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)

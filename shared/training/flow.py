@@ -197,7 +197,14 @@ def gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate,
                           mlflow_run_id=registration.run_id, reason="passed the quality gates",
                           metrics=_round(candidate.metrics))
     reason = "quarantined: " + "; ".join(verdict.reasons)
-    if registry.version_by_alias(cfg, candidate.isbn) is not None:
+    champion = registry.version_by_alias(cfg, candidate.isbn)
+    if champion is not None:
+        # The champion keeps serving, so it must be conditioned on the new weeks too.
+        stale_served = champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
+        refreshed = refresh_candidate(cfg, candidate.isbn, info, Refresh(version=champion.version)) if stale_served else None
+        if refreshed is not None:
+            register_refresh(cfg, store, request, refreshed, info, Refresh(version=champion.version))
+            reason += f"; champion v{champion.version} refreshed on the new weeks"
         return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
