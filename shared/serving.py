@@ -4,7 +4,9 @@ Models are the precomputed serving artifacts (mean and standard error for 104 we
 cached in-process. An ISBN's alias is re-resolved at most every ``alias_ttl_seconds``, so a
 promotion or rollback is served within that bound; each ISBN in a response comes from one
 cached entry, never a mix. If MLflow is unreachable the last loaded model keeps serving,
-marked stale; with nothing loaded the answer is 503.
+marked stale; with nothing loaded the answer is 503. Once MLflow has failed, requests stop
+waiting on it (a circuit breaker): they are answered from the cache at once while one
+background probe at a time finds out whether it is back.
 """
 from __future__ import annotations
 
@@ -113,6 +115,24 @@ class ServedModel:
     checked_at: float
 
 
+class RegistryBreaker:
+    """Open for ``open_seconds`` after the registry failed: nobody waits on it meanwhile."""
+
+    def __init__(self, open_seconds: float):
+        self.open_seconds = open_seconds
+        self.open_until = 0.0
+        self.probing = threading.Lock()
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.open_seconds
+
+    def close(self) -> None:
+        self.open_until = 0.0
+
+
 class ForecastService:
     def __init__(self, cfg: Settings):
         self.cfg = cfg
@@ -120,41 +140,73 @@ class ForecastService:
         self.locks: dict[str, threading.Lock] = {}
         self.guard = threading.Lock()
         self.answers: dict[tuple, dict] = {}
+        self.breaker = RegistryBreaker(cfg.serving.registry_retry_seconds)
 
     def _lock(self, isbn: str) -> threading.Lock:
         with self.guard:
             return self.locks.setdefault(isbn, threading.Lock())
 
+    def _fresh(self, cached: ServedModel | None) -> bool:
+        return bool(cached) and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds
+
     def model(self, isbn: str) -> tuple[ServedModel | None, bool]:
         """(model, stale). None means the ISBN has no servable model."""
         cached = self.cache.get(isbn)
-        if cached and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds:
+        if self._fresh(cached):
             return cached, False
+        if self.breaker.is_open():
+            self._probe_in_background(isbn)
+            return self._stale(isbn, cached)
         with self._lock(isbn):
             cached = self.cache.get(isbn)
-            if cached and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds:
+            if self._fresh(cached):
                 return cached, False
             try:
-                target = model_store.resolve(self.cfg, isbn)
-                if target is None:
-                    self.cache.pop(isbn, None)
-                    return None, False
-                if cached and cached.target.version == target.version:
-                    artifact = cached.artifact
-                else:
-                    artifact = model_store.serving_forecast(self.cfg, target.run_id)
-                    log.info("serving %s v%s", isbn, target.version,
-                             extra={"isbn": isbn, "version": target.version,
-                                    "previous": cached.target.version if cached else None})
+                return self._load(isbn, cached), False
             except model_store.RegistryUnavailable as error:
-                if cached:
-                    log.warning("MLflow unreachable; serving cached %s v%s: %s", isbn, cached.target.version, error)
-                    return cached, True
-                raise ApiError(503, "registry_unavailable",
-                               f"no model loaded for {isbn} and the model registry is unreachable; retry shortly") from None
-            served = ServedModel(target, artifact, time.monotonic())
-            self.cache[isbn] = served
-            return served, False
+                self.breaker.trip()
+                log.warning("MLflow unreachable for %s: %s", isbn, error)
+                return self._stale(isbn, cached)
+
+    def _stale(self, isbn: str, cached: ServedModel | None) -> tuple[ServedModel, bool]:
+        if cached:
+            return cached, True
+        raise ApiError(503, "registry_unavailable",
+                       f"no model loaded for {isbn} and the model registry is unreachable; retry shortly")
+
+    def _load(self, isbn: str, cached: ServedModel | None) -> ServedModel | None:
+        """Resolve the alias and fetch the artifact if the version changed; cache the result."""
+        target = model_store.resolve(self.cfg, isbn)
+        if target is None:
+            self.cache.pop(isbn, None)
+            return None
+        if cached and cached.target.version == target.version:
+            artifact = cached.artifact
+        else:
+            artifact = model_store.serving_forecast(self.cfg, target.run_id)
+            log.info("serving %s v%s", isbn, target.version,
+                     extra={"isbn": isbn, "version": target.version,
+                            "previous": cached.target.version if cached else None})
+        served = ServedModel(target, artifact, time.monotonic())
+        self.cache[isbn] = served
+        return served
+
+    def _probe_in_background(self, isbn: str) -> None:
+        """One request at a time asks the registry again, off the request path."""
+        if not self.breaker.probing.acquire(blocking=False):
+            return
+
+        def probe() -> None:
+            try:
+                self._load(isbn, self.cache.get(isbn))
+                self.breaker.close()
+                log.info("MLflow reachable again")
+            except model_store.RegistryUnavailable:
+                self.breaker.trip()
+            finally:
+                self.breaker.probing.release()
+
+        threading.Thread(target=probe, name="registry-probe", daemon=True).start()
 
     def forecast(self, query: ForecastQuery) -> dict:
         answers, unknown = [], []

@@ -57,6 +57,7 @@ class TcpRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.hanging = False
         self.connections: list = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -72,6 +73,9 @@ class TcpRelay:
             if not self.open:
                 client.close()
                 return
+            if self.hanging:  # accepted, never answered: a server that hangs
+                self.connections.append(client)
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self.connections += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
@@ -90,6 +94,15 @@ class TcpRelay:
                     s.close()
                 except OSError:
                     pass
+
+    def hang(self) -> None:
+        """The server stops answering: open connections drop, new ones wait forever."""
+        self.hanging = True
+        for connection in self.connections:
+            try:
+                connection.close()
+            except OSError:
+                pass
 
     def cut(self) -> None:
         self.open = False

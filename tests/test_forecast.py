@@ -139,6 +139,32 @@ def test_alias_move_is_served_within_the_ttl_and_registry_outage_serves_stale(se
     assert health["registry_reachable"] is False and health["models_cached"] == 2
 
 
+def test_a_hanging_registry_is_not_waited_on_by_every_request(cloud, served):
+    """With MLflow hanging, the first request pays its timeout; the next ones are answered
+    from the cache at once (circuit breaker), not after the 3 s registry timeout each."""
+    relay = TcpRelay(cloud.ports.mlflow)
+    port = free_port()
+    proc = cloud.start_function("forecast", project=served["cfg"].project_id, port=port, extra_env={
+        "BOOKCAST_MODEL_NAME_PREFIX": served["cfg"].model_name_prefix, "BOOKCAST_SERVING__ALIAS_TTL_SECONDS": "0",
+        "BOOKCAST_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{relay.port}"})
+    url, isbn = f"http://127.0.0.1:{port}", served["isbns"][1]
+    try:
+        assert requests.get(url, params={"isbn": isbn}).json()["forecasts"][0]["stale"] is False
+        relay.hang()
+        first = requests.get(url, params={"isbn": isbn}, timeout=30)
+        assert first.status_code == 200 and first.json()["stale"] is True
+        seconds = []
+        for _ in range(5):
+            started = time.monotonic()
+            answer = requests.get(url, params={"isbn": isbn}, timeout=30)
+            seconds.append(time.monotonic() - started)
+            assert answer.status_code == 200 and answer.headers["X-Bookcast-Stale"] == "true"
+        assert sorted(seconds)[2] < 0.5, seconds
+    finally:
+        stop(proc)
+        relay.cut()
+
+
 def test_cold_instance_without_registry_answers_503(cloud, served):
     port = free_port()
     proc = cloud.start_function("forecast", project=served["cfg"].project_id, port=port, extra_env={
