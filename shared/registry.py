@@ -16,6 +16,7 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
 FITTED_MODEL = "fitted_model.json"  # the run artifact a refresh starts from
+HOLDOUT_PLOT = "holdout_forecast.png"
 
 
 class Tags:
@@ -58,7 +59,7 @@ class Registration:
 
 
 def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params: dict, metrics: dict,
-             tags: dict[str, str], study: dict | None = None, figure=None) -> Registration:
+             tags: dict[str, str], study: dict | None = None, plot_png: bytes = b"") -> Registration:
     """Log one MLflow run (params, metrics, study, plot, serving forecast, pyfunc model) and
     register it as a new version of the ISBN's model, with its tags (lineage, and every
     metric as ``metric.<name>`` so version lists need no run look-ups).
@@ -86,8 +87,8 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
         mlflow.log_dict(fitted_model, FITTED_MODEL)
         if study:
             mlflow.log_dict(study, "optuna_study.json")
-        if figure is not None:
-            mlflow.log_figure(figure, "holdout_forecast.png")
+        if plot_png:
+            _log_bytes(mlflow_client, run.info.run_id, plot_png, HOLDOUT_PLOT)
         mlflow.log_dict(serving, "serving/forecast.json")
         info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_source(), model_config={"model": fitted_model},
                                        pip_requirements=PIP_REQUIREMENTS, signature=pyfunc_signature(),
@@ -95,6 +96,16 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
     version_tags = {**{k: str(v) for k, v in tags.items()}, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
     version = mlflow.register_model(info.model_uri, name, tags=version_tags)
     return Registration(version=str(version.version), run_id=run.info.run_id)
+
+
+def _log_bytes(mlflow_client, run_id: str, content: bytes, name: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(content)
+        mlflow_client.log_artifact(run_id, str(path))
 
 
 def fitted_model(cfg: Settings, run_id: str) -> dict:

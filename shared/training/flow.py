@@ -18,7 +18,6 @@ from shared.forecasting import gates
 from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
 from shared.registry import Tags
 from shared.logs import get_logger
-from shared.forecasting.models import ModelSpec
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
 
 log = get_logger(__name__)
@@ -150,15 +149,6 @@ def train_and_register(request: dict, series: dict[str, dict], problems: dict[st
     return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
 
 
-def _figure(candidate: Candidate, title: str):
-    from shared.plots import forecast_figure
-
-    holdout = candidate.holdout
-    return forecast_figure(title, candidate.history["weeks"], candidate.history["units"], holdout["weeks"],
-                           holdout["forecast"], holdout["lower"], holdout["upper"], actual=holdout["actual"],
-                           naive=holdout["naive"])
-
-
 def _lineage(request: dict, isbn: str, info: dict, train_window: tuple[str, str], holdout_weeks: int) -> dict:
     return {"isbn": isbn, "data_hash": info["data_hash"], "source_objects": ",".join(info["sources"])[:4000],
             "pipeline_run_id": request["run_id"], "zenml_run_id": request.get("zenml_run_id", ""),
@@ -179,14 +169,12 @@ def gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate,
                **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
                   if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
                **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
-    title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
     registration = registry.register(
-        cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
+        cfg, candidate.isbn, candidate.model, candidate.serving,
         params={**candidate.spec, "family": candidate.spec["kind"], "trials": cfg.training.trials,
                 "holdout_weeks": candidate.holdout_weeks, "cv_metric": candidate.study["cv_metric"],
                 "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
-        metrics=metrics, study=candidate.study,
-        figure=_figure(candidate, title),
+        metrics=metrics, study=candidate.study, plot_png=candidate.plot_png,
         tags={**lineage, "spec": json.dumps(candidate.spec), Tags.KIND: "candidate", "family": candidate.spec["kind"],
               "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
               "quarantine_reason": "; ".join(verdict.reasons)})

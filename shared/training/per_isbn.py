@@ -37,6 +37,10 @@ class Candidate:
     baseline_model: dict = field(default_factory=dict)  # seasonal naive on all data
     holdout: dict = field(default_factory=dict)         # weeks, actual, forecast, bounds, naive
     history: dict = field(default_factory=dict)         # weeks, units (for the plot)
+    serving: dict = field(default_factory=dict)         # the serving artifact of ``model``
+    plot_png: bytes = b""                                # the holdout plot
+    # Serving artifact and plot are made here, in the worker processes, so the process that
+    # registers does only MLflow round trips.
     train_window: tuple[str, str] = ("", "")
     holdout_weeks: int = 0
     seconds: float = 0.0
@@ -109,7 +113,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
             champion_metrics, _, _ = evaluate(ModelSpec.from_dict(champion_spec), y, start, cut)
         final = models.fit(y, start, spec)
         final.interval_scale = calibration.interval_scale(np.concatenate([cv_scores, holdout_scores]))
-        models.forecast(final, SERVING_HORIZON)  # proves the final model forecasts before it is registered
+        candidate.serving = serving_forecast(final.to_dict())  # also proves the final model forecasts
         naive_final = models.fit(y, start, baseline)
         naive_final.interval_scale = calibration.interval_scale(np.concatenate([naive_cv, naive_holdout]))
         study["interval_scale"] = final.interval_scale
@@ -124,12 +128,23 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         candidate.holdout = {"weeks": [w.isoformat() for w in weeks[cut:]], "actual": y[cut:].tolist(), **curve}
         candidate.train_window = (weeks[0].isoformat(), weeks[-1].isoformat())
         candidate.holdout_weeks = holdout
+        candidate.plot_png = holdout_plot(candidate)
     except Exception as error:  # one ISBN's failure must not sink the others
         candidate.status = "failed"
         candidate.reason = f"{type(error).__name__}: {error}"
         candidate.study = {"traceback": traceback.format_exc(limit=5)}
     candidate.seconds = time.perf_counter() - started
     return candidate
+
+
+def holdout_plot(candidate: Candidate) -> bytes:
+    from shared.plots import forecast_figure, png_bytes
+
+    holdout = candidate.holdout
+    title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
+    return png_bytes(forecast_figure(title, candidate.history["weeks"], candidate.history["units"], holdout["weeks"],
+                                     holdout["forecast"], holdout["lower"], holdout["upper"], actual=holdout["actual"],
+                                     naive=holdout["naive"]))
 
 
 @dataclass
