@@ -260,6 +260,31 @@ def cmd_thresholds(args, cfg) -> int:
     return 0
 
 
+def cmd_cost(args, cfg) -> int:
+    """The monthly cost estimate of the deployed system, with the prices it assumes."""
+    from shared import cost
+    from shared.topology import load
+
+    catalogue = cost.Catalogue(isbns=args.isbns, uploads_per_week=args.uploads_per_week,
+                               retrain_share=args.retrain_share, forecast_requests_per_month=args.forecast_requests)
+    lines = cost.estimate(cfg, load(), catalogue)
+    total = sum(line.monthly for line in lines)
+    if args.format == "json":
+        print(json.dumps({"catalogue": catalogue.__dict__, "monthly_usd": round(total, 2),
+                          "lines": cost.as_dicts(lines), "prices": cfg.cost.model_dump()}, indent=2))
+        return 0
+    table = Table(title=f"monthly estimate: {args.isbns:,} ISBNs, {args.uploads_per_week:g} upload(s) a week, "
+                        f"{args.retrain_share:.0%} of ISBN-weeks re-tuned")
+    for column in ("item", "quantity", "unit", "unit price (USD)", "monthly (USD)"):
+        table.add_column(column, justify="left" if column in ("item", "unit") else "right")
+    for line in lines:
+        table.add_row(line.item, f"{line.quantity:,.2f}", line.unit, f"{line.unit_price:.6g}", f"{line.monthly:,.2f}")
+    table.add_row("[bold]total[/]", "", "", "", f"[bold]{total:,.2f}[/]")
+    console.print(table)
+    console.print("Prices are assumptions (shared/config.py CostSettings, BOOKCAST_COST__*): list prices, no free tiers.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bookcast", description=__doc__)
     parser.add_argument("--profile", help="development | test | production (default: BOOKCAST_PROFILE)")
@@ -311,13 +336,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                "from the registry's history")
     limits.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
     limits.set_defaults(handler=cmd_thresholds)
+    estimate = sub.add_parser("cost", help="monthly cost estimate of the deployed system, with the unit prices assumed")
+    estimate.add_argument("--isbns", type=int, default=1000, help="catalogue size (default 1000)")
+    estimate.add_argument("--uploads-per-week", type=float, default=1.0, help="uploads a week, each naming every ISBN")
+    estimate.add_argument("--retrain-share", type=float, default=0.1,
+                          help="share of ISBN-weeks re-tuned rather than refreshed (bench/savings.py measures it)")
+    estimate.add_argument("--forecast-requests", type=float, default=100_000, help="forecast API calls a month")
+    estimate.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
+    estimate.set_defaults(handler=cmd_cost)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace",
-                                            "thresholds") else "INFO")
+                                            "thresholds", "cost") else "INFO")
     return args.handler(args, load_settings(args.profile))
 
 

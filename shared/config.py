@@ -76,6 +76,34 @@ class AlertSettings(BaseModel):
     dedup_window_minutes: int = 240
     failed_run_lookback_hours: int = 24
     forecast_health_url: str | None = None
+    daily_summary_hour_utc: int = Field(7, ge=0, le=23, description="the first monitor tick of a day at or after "
+                                                                     "this hour sends the daily summary")
+    max_rmse_increase: float = Field(0.20, ge=0, description="a new champion whose holdout RMSE exceeds the one it "
+                                                               "replaced by more than this share is alerted")
+    max_relative_error_increase: float = Field(0.15, ge=0, description="the same for WAPE, and for MAPE when "
+                                                                         "neither holdout has zero weeks")
+
+
+class CostSettings(BaseModel):
+    """Unit prices `bookcast cost` assumes: USD list prices for europe-west1 as we read them,
+    without free tiers or committed-use discounts. Check them against the billing account
+    before relying on the total; override any with BOOKCAST_COST__<NAME>."""
+    function_vcpu_second: float = 0.000024       # Cloud Functions 2nd gen (Cloud Run), while busy
+    function_gib_second: float = 0.0000025
+    function_million_requests: float = 0.40
+    training_node_hour: float = 0.44             # Vertex AI custom training, n2-standard-8
+    training_vcpus: int = 8
+    job_startup_hours: float = 0.05              # a node's ~3 minutes of image pull and start-up per job
+    firestore_100k_reads: float = 0.06
+    firestore_100k_writes: float = 0.18
+    pubsub_tib: float = 40.0
+    message_bytes: int = 2048                    # billed size of a typical bookcast message
+    storage_gib_month: float = 0.020
+    version_artifact_bytes: int = 60_000         # a version's run artifacts (model, plot, forecast, study)
+    scheduler_job_month: float = 0.10
+    mlflow_server_month: float = 25.0            # one small always-on instance with its database
+    decision_seconds: float = 0.003              # trigger-training busy time per ISBN per upload
+    check_seconds: float = 0.002                 # monitor busy time per ISBN per tick
 
 
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -110,6 +138,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     vertex: VertexSettings = VertexSettings()
     alerts: AlertSettings = AlertSettings()
+    cost: CostSettings = CostSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -64,6 +64,7 @@ class IsbnResult(BaseModel):
     mlflow_run_id: str | None = None
     reason: str = ""
     metrics: dict[str, float] = {}
+    seconds: float = 0.0  # compute spent on this ISBN (tuning and fitting, or the refresh)
 
 
 class TrainingEvent(Event):

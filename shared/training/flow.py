@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from datetime import date, datetime, timezone
 from multiprocessing import get_context
 
@@ -161,7 +161,14 @@ def gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate,
     from shared import registry
 
     if candidate.status != "trained":
-        return IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason)
+        return IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason, seconds=candidate.seconds)
+    result = _gate_and_register(cfg, store, request, candidate, info)
+    return result.model_copy(update={"seconds": round(candidate.seconds, 3)})
+
+
+def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate, info: dict) -> IsbnResult:
+    from shared import registry
+
     lineage = {**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks),
                Tags.FITTED_AT: datetime.now(timezone.utc).isoformat()}
     verdict = gate(candidate, cfg.gates)
@@ -217,6 +224,7 @@ def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) ->
     from shared.forecasting import models
     from shared.forecasting.models import FittedModel
 
+    started = time.process_time()
     try:
         version = registry.client(cfg).get_model_version(cfg.model_name(isbn), refresh.version)
         fitted = FittedModel.from_dict(registry.fitted_model(cfg, version.run_id))
@@ -232,7 +240,8 @@ def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) ->
                      reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
                      train_window=(version.tags.get("train_window_start", ""), version.tags.get("train_window_end", "")),
                      holdout_weeks=int(version.tags.get("holdout_weeks", 0)),
-                     study={"refreshed_from": refresh.version, "tags": version.tags})
+                     study={"refreshed_from": refresh.version, "tags": version.tags},
+                     seconds=time.process_time() - started)
 
 
 def register_refresh(cfg: Settings, store, request: dict, candidate: Candidate, info: dict,
@@ -255,7 +264,8 @@ def register_refresh(cfg: Settings, store, request: dict, candidate: Candidate, 
                         request["correlation_id"])
     status = "baseline" if previous.get("baseline") == "true" else "promoted"
     return IsbnResult(isbn=candidate.isbn, status=status, version=registration.version,
-                      mlflow_run_id=registration.run_id, reason=candidate.reason, metrics=_round(candidate.metrics))
+                      mlflow_run_id=registration.run_id, reason=candidate.reason, metrics=_round(candidate.metrics),
+                      seconds=round(candidate.seconds, 3))
 
 
 def _round(metrics: dict) -> dict:
@@ -280,7 +290,8 @@ def record_and_publish(request: dict, results: list[dict]) -> dict:
     RunStore(cfg).update_run(request["run_id"], status=status, results={r["isbn"]: r for r in results},
                              zenml_run_id=request.get("zenml_run_id", ""),
                              mlflow_versions={r["isbn"]: r["version"] for r in results if r.get("version")},
-                             mlflow_run_ids={r["isbn"]: r["mlflow_run_id"] for r in results if r.get("mlflow_run_id")})
+                             mlflow_run_ids={r["isbn"]: r["mlflow_run_id"] for r in results if r.get("mlflow_run_id")},
+                             compute_seconds=round(sum(r.get("seconds", 0.0) for r in results), 2))
     event = TrainingEvent(correlation_id=request["correlation_id"], run_id=request["run_id"], status=status,
                           isbns=sorted(r["isbn"] for r in results), launcher=request.get("launcher", "local"),
                           results=[IsbnResult(**r) for r in results],
