@@ -54,6 +54,10 @@ def stage(build_dir: Path, fn: Function) -> Path:
 
 def commands(topology: Topology, project: str, region: str, build_dir: Path, mlflow_uri: str,
              stage_sources: bool = True) -> list[list[str]]:
+    from shared.config import load_settings
+    from shared.jobs import code_version
+
+    version = code_version(load_settings())
     invoker = f"bookcast-invoker@{project}.iam.gserviceaccount.com"
     runtime_sa = f"bookcast-runtime@{project}.iam.gserviceaccount.com"
     g = ["gcloud", f"--project={project}"]
@@ -80,7 +84,9 @@ def commands(topology: Topology, project: str, region: str, build_dir: Path, mlf
         source = stage(build_dir, fn) if stage_sources else build_dir / Path(fn.source).name
         env = {"BOOKCAST_PROFILE": "production", "BOOKCAST_PROJECT_ID": project, "BOOKCAST_VERTEX__PROJECT": project,
                "BOOKCAST_VERTEX__REGION": region, "BOOKCAST_VERTEX__IMAGE": image,
-               "BOOKCAST_DATA_BUCKET": f"{project}-{topology.buckets[0].name}", "BOOKCAST_MLFLOW_TRACKING_URI": mlflow_uri}
+               "BOOKCAST_DATA_BUCKET": f"{project}-{topology.buckets[0].name}", "BOOKCAST_MLFLOW_TRACKING_URI": mlflow_uri,
+               # A function has no git checkout: the version deployed is stamped here, for lineage tags.
+               "BOOKCAST_CODE_VERSION": version}
         out.append(g + ["functions", "deploy", fn.name, "--gen2", "--runtime=python311", f"--region={region}",
                         f"--source={source}", f"--entry-point={fn.entry_point}", "--trigger-http",
                         "--no-allow-unauthenticated", f"--memory={fn.memory}", f"--timeout={fn.timeout_seconds}s",

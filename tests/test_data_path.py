@@ -14,6 +14,7 @@ from cloudevents.http import CloudEvent
 from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import Document
 
+from emulators.scheduler import fire
 from shared import model_store
 from shared.events import Topics
 from shared.failures import Unfinished
@@ -22,6 +23,7 @@ from shared.jobs import SNAPSHOTS, TrainingJob, training_job
 from shared.reconcile import reconcile
 from shared.runstore import RunStore, now
 from shared.sales import series_hash
+from shared.topology import load
 from shared.training import flow
 from shared.trigger import GROUPS, handle
 from tests.helpers import END, sample
@@ -89,8 +91,6 @@ def test_in_a_burst_the_newest_upload_wins_every_week(dry_cfg, probe, bucket):
 def test_training_needs_no_upload_and_tags_the_hash_the_next_tick_compares(cfg, probe, project_gcs):
     """The run trains after its upload's object name was overwritten (no older generation
     is kept), and the champion's data_hash equals the stored series' hash, so a tick skips."""
-    from emulators.scheduler import fire
-    from shared.topology import load
     from shared.training.worker import execute
 
     storage_client(cfg.project_id).create_bucket(cfg.data_bucket)
@@ -165,9 +165,12 @@ def test_uploads_missed_during_an_outage_are_replayed_once_by_the_reconciler(dry
     upload(dry_cfg, "week#47.csv", sample(1, years=2, seed=54))  # '#' is legal in an object name
     upload(dry_cfg, "week48.csv", sample(1, years=2, seed=55))
     dead_lettered = notifications(probe, 2)  # trigger_training was down: nobody handled them
+    reconciling = next(j for j in load().scheduler_jobs if j.name == "reconcile-uploads")
+    fire(reconciling, dry_cfg.project_id)
+    (tick,) = notifications(probe, 1, topic=Topics.RECONCILE_TICKS)
+    assert handle(dry_cfg, tick).detail.startswith("reconciled: 2 upload(s) replayed")
     store = RunStore(dry_cfg)
-    replayed = reconcile(dry_cfg, store)
-    assert len(replayed) == 2 and len(store.runs()) == 2
+    assert len(store.runs()) == 2
     assert reconcile(dry_cfg, store) == []  # idempotent
     assert {handle(dry_cfg, m).status for m in dead_lettered} == {"duplicate"}
     hashed = next(r for r in store.runs() if "#47" in r["cause"]["object"])

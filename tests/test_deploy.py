@@ -50,6 +50,8 @@ def test_deploy_creates_the_topology_the_emulators_build(tmp_path):
     image = "europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:latest"
     assert any(c[2:4] == ["builds", "submit"] and f"--tag={image}" in c for c in lines)
     assert all(f"BOOKCAST_VERTEX__IMAGE={image}" in " ".join(c) for c in deploys)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert all(f"BOOKCAST_CODE_VERSION={head}" in " ".join(c) for c in deploys)  # functions have no git
     weekly = next(c for c in lines if "weekly-retrain" in c)
     assert "--schedule=0 5 * * 1" in weekly and "--topic=retrain-ticks" in weekly
     assert any("--field-config=field-path=status,order=ascending" in t for t in text)
