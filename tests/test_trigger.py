@@ -190,3 +190,28 @@ def test_a_reused_message_id_is_not_mistaken_for_a_redelivery(dry_cfg, probe, bu
     assert handle(dry_cfg, first).status == "accepted"
     reused = second.model_copy(update={"message_id": first.message_id})
     assert handle(dry_cfg, reused).status == "accepted"
+
+
+def test_a_follow_up_that_could_not_be_published_is_kept_and_sent_by_the_next_reconcile(cfg, cloud):
+    """Releasing the leases and recording their follow-up is one transaction; publishing it
+    comes after, and if that fails (here: the topic does not exist yet) nothing is lost."""
+    from google.api_core.exceptions import NotFound
+
+    from emulators.wiring import create_topics
+    from shared.runstore import expires
+    from tests.conftest import Probe
+
+    store = RunStore(cfg)
+    isbn = "9780306406157"
+    store.col("leases").document(isbn).set({"isbn": isbn, "run_id": "run-1", "expires_at": expires(600),
+                                            "follow_ups": [{"key": "upload-x", "kind": "upload",
+                                                            "correlation_id": "cid-x", "forced": False}]})
+    with pytest.raises(NotFound):
+        leases.release_all(store, "run-1")
+    assert store.get("leases", isbn) is None  # released: a new cause may lease the ISBN
+    create_topics(cloud.topology, cfg.project_id)
+    probe = Probe(cfg.project_id, ["training-requests"])
+    assert leases.flush_follow_ups(store) == 1
+    (request,) = probe.messages("training-requests")
+    assert request["isbns"] == [isbn] and request["correlation_id"] == "cid-x"
+    assert leases.flush_follow_ups(store) == 0
