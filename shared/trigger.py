@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -109,7 +109,9 @@ def on_reconcile_tick(cfg: Settings, store: RunStore, message: PubSubMessage) ->
     parse(ScheduleTick, message)
     replayed = reconcile(cfg, store)
     flushed = leases.flush_follow_ups(store)
-    return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested")
+    retried = retry_failed_runs(cfg, store)
+    return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested, "
+                               f"{len(retried)} failed run(s) retried")
 
 
 ROUTES = {Topics.SALES_UPLOADS: on_upload, Topics.RETRAIN_TICKS: on_tick,
@@ -422,6 +424,43 @@ def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) ->
                                                                    (run.get("decisions") or {}).items())[:1000]))
 
 
+# A run is retried once: a transient fault (MLflow or Firestore down while it ran, a job
+# that died) has usually passed by then, and a deterministic one is alerted, not repeated.
+MAX_ATTEMPTS = 2
+RETRY_AFTER = timedelta(minutes=5)  # a failed run's retry waits for the first reconcile tick after this
+
+
+def retry_run(cfg: Settings, store: RunStore, old: dict, why: str) -> str | None:
+    """Launch the retry of a failed run on the same decided series (its snapshot), at most
+    once; returns the retry's run id if this call launched it."""
+    old_run_id = old["run_id"]
+    if old.get("attempt", 1) >= MAX_ATTEMPTS or not old.get("isbns"):
+        return None
+    cause = Cause(key=f"retry-{old_run_id}", kind="retry", correlation_id=old.get("correlation_id", old_run_id),
+                  message_id=f"retry-{old_run_id}", delivery_key=f"retry-{old_run_id}", forced=True,
+                  detail={"retry_of": old_run_id})
+    run_id = f"{old_run_id}-retry"
+
+    def relaunch(transaction) -> bool:
+        if store.col("runs").document(run_id).get(transaction=transaction).exists:
+            return False
+        held = leases.read(store, transaction, old["isbns"])
+        leased, _ = leases.claim(store, transaction, held, old["isbns"], run_id,
+                                 cfg.training.lease_ttl_seconds, cause.as_dict())
+        store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
+                         transaction=transaction, attempt=old.get("attempt", 1) + 1, retry_of=old_run_id,
+                         snapshot=old["snapshot"], data_hashes={i: old["data_hashes"][i] for i in leased},
+                         decisions={i: [f"retry of {old_run_id}: {why}"] for i in leased})
+        transaction.update(store.col("runs").document(old_run_id), {"retried_as": run_id})
+        return bool(leased)
+
+    if store.in_transaction(relaunch) and claim_launch(store, run_id):
+        launch_run(cfg, store, run_id, attempt=old.get("attempt", 1) + 1)
+        log.warning("run %s retried as %s: %s", old_run_id, run_id, why)
+        return run_id
+    return None
+
+
 def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
     """Runs whose job died (their lease expired): mark each failed and retry it once, as a
     new run that names the one it retries."""
@@ -431,27 +470,22 @@ def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
         if old:  # no run yet: its cause stopped between deciding groups and is resumed by redelivery or reconciling
             store.update_run(old_run_id, status="failed", error="lease expired: the training job stopped reporting")
         leases.release_all(store, old_run_id)  # what waited on the dead run is requested again
-        if not old or old.get("attempt", 1) >= 2 or not old.get("isbns"):
-            log.warning("run %s lost its lease after its retry; not retried again", old_run_id)
+        retry = retry_run(cfg, store, old, "its lease expired: the job stopped reporting") if old else None
+        if retry:
+            retries.append(retry)
+        else:
+            log.warning("run %s lost its lease; not retried (retried already, or no run)", old_run_id)
+    return retries
+
+
+def retry_failed_runs(cfg: Settings, store: RunStore) -> list[str]:
+    """Runs whose job failed (an exception, e.g. MLflow unreachable while it registered)
+    are retried once, RETRY_AFTER after they failed."""
+    retries = []
+    for run in store.runs(limit=200, status="failed"):
+        if run.get("retried_as") or run.get("attempt", 1) >= MAX_ATTEMPTS:
             continue
-        cause = Cause(key=f"retry-{old_run_id}", kind="retry", correlation_id=old.get("correlation_id", old_run_id),
-                      message_id=f"retry-{old_run_id}", delivery_key=f"retry-{old_run_id}", forced=True, detail={"retry_of": old_run_id})
-        run_id = f"{old_run_id}-retry"
-
-        def relaunch(transaction) -> bool:
-            if store.col("runs").document(run_id).get(transaction=transaction).exists:
-                return False
-            held = leases.read(store, transaction, old["isbns"])
-            leased, _ = leases.claim(store, transaction, held, old["isbns"], run_id,
-                                     cfg.training.lease_ttl_seconds, cause.as_dict())
-            store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
-                             transaction=transaction, attempt=2, retry_of=old_run_id, snapshot=old["snapshot"],
-                             data_hashes={i: old["data_hashes"][i] for i in leased},
-                             decisions={i: [f"retry of {old_run_id} after its lease expired"] for i in leased})
-            return bool(leased)
-
-        if store.in_transaction(relaunch) and claim_launch(store, run_id):
-            launch_run(cfg, store, run_id, attempt=2)
-            retries.append(run_id)
-        log.warning("run %s lost its lease; retried as %s", old_run_id, run_id)
+        if now() - run.get("finished_at", now()) >= RETRY_AFTER:
+            retry = retry_run(cfg, store, run, f"it failed: {str(run.get('error', ''))[:200]}")
+            retries += [retry] if retry else []
     return retries

@@ -215,3 +215,24 @@ def test_a_follow_up_that_could_not_be_published_is_kept_and_sent_by_the_next_re
     (request,) = probe.messages("training-requests")
     assert request["isbns"] == [isbn] and request["correlation_id"] == "cid-x"
     assert leases.flush_follow_ups(store) == 0
+
+
+def test_a_failed_run_is_retried_once_on_its_decided_series_after_a_pause(dry_cfg, probe, bucket):
+    from shared.trigger import retry_failed_runs
+
+    upload(dry_cfg, "h.csv", sample(1, years=2, seed=14))
+    first = handle(dry_cfg, notifications(probe, 1)[0])
+    store = RunStore(dry_cfg)
+    leases.release_all(store, first.run_id)  # the job ended, failing (as when MLflow was down)
+    store.update_run(first.run_id, status="failed", error="RegistryUnavailable: MLflow is unreachable")
+    assert retry_failed_runs(dry_cfg, store) == []  # not at once: the fault needs time to pass
+    store.col("runs").document(first.run_id).update({"finished_at": now() - timedelta(minutes=6)})
+    (retry,) = retry_failed_runs(dry_cfg, store)
+    run, failed = store.run(retry), store.run(first.run_id)
+    assert run["attempt"] == 2 and run["retry_of"] == first.run_id and failed["retried_as"] == retry
+    assert run["snapshot"] == failed["snapshot"] and run["data_hashes"] == failed["data_hashes"]
+    assert run["launch"]["dry_run"] is True
+    assert retry_failed_runs(dry_cfg, store) == []  # once
+    store.update_run(retry, status="failed", error="still failing")
+    store.col("runs").document(retry).update({"finished_at": now() - timedelta(minutes=6)})
+    assert retry_failed_runs(dry_cfg, store) == []  # a retry that fails is alerted, not repeated
