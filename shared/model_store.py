@@ -66,6 +66,16 @@ def resolve(cfg: Settings, isbn: str, alias: str | None = None) -> AliasTarget |
                        tags={t["key"]: t["value"] for t in version.get("tags", [])})
 
 
+def version_tags(cfg: Settings, isbn: str, version: str) -> dict[str, str] | None:
+    """The tags of one registered version, or None if it does not exist."""
+    response = _get(cfg, "/api/2.0/mlflow/model-versions/get", {"name": cfg.model_name(isbn), "version": version})
+    if response.status_code == 404 or (response.status_code == 400 and "DOES_NOT_EXIST" in response.text):
+        return None
+    if not response.ok:
+        raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")
+    return {t["key"]: t["value"] for t in response.json()["model_version"].get("tags", [])}
+
+
 def run_artifact(cfg: Settings, run_id: str, path: str) -> dict:
     """A JSON artifact of a version's run, over plain HTTP (no MLflow import)."""
     response = _get(cfg, "/get-artifact", {"path": path, "run_uuid": run_id}, timeout=5.0)

@@ -2,33 +2,85 @@
 
 On failure events it alerts at once: a failed or fully quarantined training run, a
 rejected upload, a message that went to the dead-letter topic, a rollback. On each
-scheduled tick it checks health (MLflow, the forecast function), every served model (age,
-baseline, holdout metrics against the gates), recent failed runs, and fails and retries runs
-whose training job died (expired lease). Alerts are deduplicated (shared/alerting.py).
+scheduled tick it fails and retries runs whose training job died (expired lease), and
+checks conditions: health (MLflow, the forecast function) and every ISBN with data (no
+served model, a stale model, the seasonal-naive baseline, holdout metrics against the gates,
+a new champion worse than the one it replaced, degradation on newly arrived weeks); it also
+re-raises the failed runs of the last day in case their event was lost. Critical alerts go
+out one by one, the rest as one digest with the conditions that cleared (shared/alerting.py),
+and the first tick of the day after the summary hour sends the daily summary.
 """
 from __future__ import annotations
 
+import math
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import requests
 
-from shared import model_store
-from shared.alerting import Alert, send
+from shared import alerting, leases, model_store
+from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
 from shared.config import Settings
 from shared.events import MessageRejected, PubSubMessage, Topics
 from shared.failures import PermanentFailure, parse
 from shared.logs import get_logger
+from shared.model_store import AliasTarget
 from shared.runstore import RunStore, now
 
 log = get_logger(__name__)
+TICK = "schedule.tick"
+DAY = timedelta(days=1)
+FAILED_ISBN_STATUSES = ("failed", "refused")
+MAX_FAILED_RUNS_LISTED = 5
+
+MLFLOW_DOWN = Condition("health:mlflow", CRITICAL, "", "MLflow is reachable again")
+FORECAST_DOWN = Condition("health:forecast", CRITICAL, "", "the forecast function answers its health check again")
+# Headings follow a count of ISBNs in a digest: "45 ISBNs served by the seasonal-naive baseline".
+UNSERVED = Condition("unserved", WARNING, "with data but no served model", "served now")
+STALE = Condition("stale", WARNING, "served by a model older than the age limit",
+                  "served by a model within the age limit")
+BASELINE = Condition("baseline", INFO, "served by the seasonal-naive baseline", "no longer served by the baseline")
+THRESHOLDS = Condition("thresholds", WARNING, "served above the metric thresholds",
+                       "within the metric thresholds again")
+WORSENED = Condition("worsened", WARNING, "served by a new champion worse than the one it replaced",
+                     "no longer served by a champion worse than the one it replaced")
+DEGRADED = Condition("degraded", WARNING, "degraded on newly arrived weeks", "no longer degraded on new weeks")
 
 
+@dataclass
+class Findings:
+    """What checks found, and every condition key they checked (found or not): an open alert
+    is resolved only when its own check ran and found nothing."""
+    alerts: list[Alert] = field(default_factory=list)
+    checked: set[str] = field(default_factory=set)
+
+    def check(self, condition: Condition, subject: str | None, problem: tuple[str, str] | None) -> None:
+        self.checked.add(condition.key(subject))
+        if problem:
+            self.alerts.append(condition.alert(subject, *problem))
+
+    def add(self, other: "Findings") -> None:
+        self.alerts += other.alerts
+        self.checked |= other.checked
+
+
+@dataclass
+class Fleet:
+    with_data: int = 0
+    served: int = 0
+    baseline: int = 0
+    unserved: int = 0
+    first_training: int = 0
+
+
+# --- events ---------------------------------------------------------------------------------
 def event_alerts(message: PubSubMessage) -> list[Alert]:
     cid = message.correlation_id
     if message.topic == Topics.DEAD_LETTERS or "CloudPubSubDeadLetterSourceSubscription" in message.attributes:
         source = message.attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
-        return [Alert(f"dead-letter:{message.message_id}", "critical", "A message could not be processed",
+        return [Alert(f"dead-letter:{message.message_id}", CRITICAL, "A message could not be processed",
                       f"after every retry from {source}; attributes {message.attributes}", cid)]
     try:
         event = message.payload() if message.data else {}
@@ -36,9 +88,9 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
         raise PermanentFailure(f"event on {message.topic} is not JSON") from None
     kind = message.attributes.get("event_type")
     if kind == "training.status":
-        failed = [r for r in event.get("results", []) if r["status"] in ("failed", "refused")]
+        failed = [r for r in event.get("results", []) if r["status"] in FAILED_ISBN_STATUSES]
         if event.get("status") in ("failed", "quarantined"):
-            severity = "critical" if event["status"] == "failed" else "warning"
+            severity = CRITICAL if event["status"] == "failed" else WARNING
             lines = [f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in event.get("results", [])
                      if r["status"] != "promoted"]
             return [Alert(f"run:{event['run_id']}:{event['status']}", severity,
@@ -46,88 +98,252 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
                           "\n".join([event.get("reason", "")] + lines).strip(), cid)]
         if event.get("status") == "succeeded" and failed:
             # A run succeeds when any ISBN is servable; the ones that failed still need eyes.
-            return [Alert(f"run:{event['run_id']}:partial", "warning",
+            return [Alert(f"run:{event['run_id']}:partial", WARNING,
                           f"Training run {event['run_id']}: {len(failed)} ISBN(s) not trained",
                           "\n".join(f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in failed), cid)]
     if kind == "input.rejected":
-        return [Alert(f"rejected:{event['bucket']}/{event['object_name']}#{event['generation']}", "warning",
+        return [Alert(f"rejected:{event['bucket']}/{event['object_name']}#{event['generation']}", WARNING,
                       f"Upload rejected: {event['object_name']}", "\n".join(event["reasons"][:20]), cid)]
     if kind == "message.rejected":
         rejected = parse(MessageRejected, message)
-        return [Alert(f"rejected-message:{rejected.delivery_key}", "warning",
+        return [Alert(f"rejected-message:{rejected.delivery_key}", WARNING,
                       f"{rejected.function} rejected a message on {rejected.topic} for good",
                       f"message {rejected.message_id}: {rejected.reason}", cid)]
     if kind == "model.changed" and event.get("action") == "rollback":
-        return [Alert(f"rollback:{event['isbn']}:{event['to_version']}", "warning",
+        return [Alert(f"rollback:{event['isbn']}:{event['to_version']}", WARNING,
                       f"{event['isbn']} rolled back v{event['from_version']} → v{event['to_version']}",
                       event.get("reason", ""), cid)]
     return []
 
 
-def model_alerts(cfg: Settings, isbns: list[str]) -> list[Alert]:
-    def check(isbn: str) -> list[Alert]:
-        target = model_store.resolve(cfg, isbn)
-        if target is None:
-            return [Alert(f"unserved:{isbn}", "warning", f"{isbn} has data but no served model",
-                          "no champion alias: the ISBN cannot be forecast")]
-        found = []
-        age = (now() - target.created_at).days
-        if age > cfg.decision.max_model_age_days:
-            found.append(Alert(f"stale:{isbn}:{target.version}", "warning", f"{isbn} model v{target.version} is stale",
-                               f"{age} days old (limit {cfg.decision.max_model_age_days}) and not retrained"))
-        if target.tags.get("baseline") == "true":
-            found.append(Alert(f"baseline:{isbn}:{target.version}", "info", f"{isbn} is served by the seasonal-naive baseline",
-                               "no tuned model has passed the quality gates yet"))
-        # The same gates as promotion, on the served version's holdout metrics (a baseline is
-        # reported above, not measured against the naive it is).
-        from shared.forecasting import gates
+# --- model conditions -----------------------------------------------------------------------
+def staleness(cfg: Settings, target: AliasTarget) -> tuple[str, str] | None:
+    from shared.registry import Tags
 
-        metrics = gates.metrics_from_tags(target.tags) if target.tags.get("baseline") != "true" else None
-        breaches = gates.breaches(metrics, cfg.gates) if metrics else []
-        if breaches:
-            found.append(Alert(f"thresholds:{isbn}:{target.version}", "warning",
-                               f"{isbn} v{target.version} serves above the metric thresholds", "; ".join(breaches)))
-        return found
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return [a for alerts in pool.map(check, isbns) for a in alerts]
+    # A refresh is a new version with the old parameters: their age is what decisions judge.
+    fitted_at = target.tags.get(Tags.FITTED_AT)
+    age = (now() - (datetime.fromisoformat(fitted_at) if fitted_at else target.created_at)).days
+    if age <= cfg.decision.max_model_age_days:
+        return None
+    return (f"{target.isbn} model v{target.version} is stale",
+            f"parameters {age} days old (limit {cfg.decision.max_model_age_days}) and not retrained")
 
 
-def health_alerts(cfg: Settings) -> list[Alert]:
+def is_baseline(target: AliasTarget) -> bool:
+    return target.tags.get("baseline") == "true"
+
+
+def threshold_breaches(cfg: Settings, target: AliasTarget) -> tuple[str, str] | None:
+    # The same gates as promotion, on the served version's holdout metrics (a baseline is
+    # reported on its own, not measured against the naive it is).
+    from shared.forecasting import gates
+
+    metrics = None if is_baseline(target) else gates.metrics_from_tags(target.tags)
+    breaches = gates.breaches(metrics, cfg.gates) if metrics else []
+    if not breaches:
+        return None
+    return f"{target.isbn} v{target.version} serves above the metric thresholds", "; ".join(breaches)
+
+
+def replaced_version(history: list[dict], version: str) -> str | None:
+    """The champion that the served version's lineage replaced when it was promoted: refreshes
+    are followed back to the version they refreshed. None for a first champion, a baseline or
+    a rollback (an operator's choice, alerted as such)."""
+    for move in reversed(history):
+        if move["to_version"] != version:
+            continue
+        if move["action"] != "refresh":
+            return move["from_version"] if move["action"] == "promote" else None
+        version = move["from_version"]
+    return None
+
+
+def holdout_metrics(tags: dict[str, str]) -> dict[str, float]:
+    from shared.forecasting.gates import TAG_PREFIX
+
+    return {k[len(TAG_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+
+def metric_increases(after: dict[str, float], before: dict[str, float], cfg: Settings) -> list[str]:
+    limits = [("rmse", "RMSE", cfg.alerts.max_rmse_increase), ("wape", "WAPE", cfg.alerts.max_relative_error_increase)]
+    if after.get("zero_weeks_in_holdout", 0) == 0 and before.get("zero_weeks_in_holdout", 0) == 0:
+        limits.append(("mape", "MAPE", cfg.alerts.max_relative_error_increase))  # undefined with zero weeks
     found = []
-    if not model_store.healthy(cfg):
-        found.append(Alert("health:mlflow", "critical", "MLflow is unreachable",
-                           f"{cfg.mlflow_tracking_uri}/health did not answer: forecasts are served stale"))
+    for name, label, limit in limits:
+        new, old = after.get(name), before.get(name)
+        if new is None or old is None or not (math.isfinite(new) and math.isfinite(old)) or old <= 0:
+            continue
+        if new > old * (1 + limit):
+            found.append(f"holdout {label} {new:.4g} vs {old:.4g} ({new / old - 1:+.0%}, at most {limit:+.0%})")
+    return found
+
+
+def worsening(cfg: Settings, store: RunStore, target: AliasTarget) -> tuple[str, str] | None:
+    history = [m for m in store.alias_history(target.isbn) if m.get("alias") == target.alias]
+    replaced = replaced_version(history, target.version)
+    before = model_store.version_tags(cfg, target.isbn, replaced) if replaced else None
+    increases = metric_increases(holdout_metrics(target.tags), holdout_metrics(before), cfg) if before else []
+    if not increases:
+        return None
+    return (f"{target.isbn} v{target.version} is worse than v{replaced}, the champion it replaced",
+            "; ".join(increases))
+
+
+def degradation(cfg: Settings, store: RunStore, target: AliasTarget) -> tuple[str, str] | None:
+    """Measured by the latest decision about the served version on the weeks it never saw
+    (shared/decisions.py): a tick after that decision raises it."""
+    from google.cloud import firestore
+
+    query = (store.col("decisions").where(filter=firestore.FieldFilter("isbn", "==", target.isbn))
+             .where(filter=firestore.FieldFilter("inputs.champion_version", "==", target.version)))
+    latest = max((s.to_dict() for s in query.stream()), key=lambda d: d["decided_at"], default=None)
+    measured = (latest or {}).get("inputs", {}).get("degradation")
+    policy = cfg.decision
+    if not measured or measured["unseen_weeks"] < policy.min_new_weeks_for_degradation \
+            or measured["ratio"] <= 1 + policy.degradation_threshold:
+        return None
+    return (f"{target.isbn} v{target.version} degraded on new weeks",
+            f"MAE {measured['unseen_mae']:.1f} on {measured['unseen_weeks']} weeks it never saw vs "
+            f"{measured['holdout_mae']:.1f} on its holdout ({measured['ratio'] - 1:+.0%}, at most "
+            f"{policy.degradation_threshold:+.0%})")
+
+
+def model_findings(cfg: Settings, store: RunStore, isbn: str, target: AliasTarget | None,
+                   first_training: bool) -> Findings:
+    found = Findings()
+    if target is None:
+        if not first_training:  # a first training holds a lease: nothing can be served before it ends
+            found.check(UNSERVED, isbn, (f"{isbn} has data but no served model",
+                                         "no champion alias: the ISBN cannot be forecast"))
+        return found
+    found.check(UNSERVED, isbn, None)
+    found.check(STALE, isbn, staleness(cfg, target))
+    found.check(BASELINE, isbn, (f"{isbn} is served by the seasonal-naive baseline",
+                                 f"v{target.version}: no tuned model has passed the quality gates yet")
+                if is_baseline(target) else None)
+    found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))
+    found.check(WORSENED, isbn, worsening(cfg, store, target))
+    found.check(DEGRADED, isbn, degradation(cfg, store, target))
+    return found
+
+
+def in_first_training(store: RunStore) -> set[str]:
+    """ISBNs with a live lease; for one without a champion, that is its first training."""
+    return {lease["isbn"] for lease in store.stream(leases.COLLECTION) if lease["expires_at"] > now()}
+
+
+def survey_models(cfg: Settings, store: RunStore) -> tuple[Findings, Fleet]:
+    training = in_first_training(store)
+
+    def check(isbn: str) -> tuple[AliasTarget | None, Findings]:
+        target = model_store.resolve(cfg, isbn)
+        return target, model_findings(cfg, store, isbn, target, isbn in training)
+
+    isbns = sorted(store.series_isbns())
+    found, fleet = Findings(), Fleet(with_data=len(isbns))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for isbn, (target, findings) in zip(isbns, pool.map(check, isbns)):
+            found.add(findings)
+            fleet.served += target is not None
+            fleet.baseline += target is not None and is_baseline(target)
+            fleet.unserved += target is None
+            fleet.first_training += target is None and isbn in training
+    return found, fleet
+
+
+# --- health and runs ------------------------------------------------------------------------
+def health_findings(cfg: Settings, mlflow_reachable: bool) -> Findings:
+    found = Findings()
+    found.check(MLFLOW_DOWN, None, None if mlflow_reachable else (
+        "MLflow is unreachable", f"{cfg.mlflow_tracking_uri}/health did not answer: forecasts are served stale"))
     if cfg.alerts.forecast_health_url:
         try:
             ok = requests.get(cfg.alerts.forecast_health_url, timeout=5).ok
         except requests.RequestException:
             ok = False
-        if not ok:
-            found.append(Alert("health:forecast", "critical", "The forecast function is unhealthy",
-                               f"{cfg.alerts.forecast_health_url} did not answer 200"))
+        found.check(FORECAST_DOWN, None, None if ok else (
+            "The forecast function is unhealthy", f"{cfg.alerts.forecast_health_url} did not answer 200"))
     return found
 
 
 def failed_run_alerts(cfg: Settings, store: RunStore) -> list[Alert]:
     since = now() - timedelta(hours=cfg.alerts.failed_run_lookback_hours)
-    return [Alert(f"run:{r['run_id']}:failed", "critical", f"Training run {r['run_id']} failed",
+    return [Alert(f"run:{r['run_id']}:failed", CRITICAL, f"Training run {r['run_id']} failed",
                   r.get("error", ""), r.get("correlation_id"))
             for r in store.runs(limit=200, status="failed") if r.get("updated_at", now()) >= since]
 
 
-def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = None) -> dict:
-    """Handle one monitor message; returns what it did (retried runs, alerts sent)."""
-    store = store or RunStore(cfg)
-    retried: list[str] = []
-    if message.attributes.get("event_type") == "schedule.tick":
-        from shared.trigger import reap_expired_leases
+def runs_since(store: RunStore, since: datetime) -> list[dict]:
+    from google.cloud import firestore
 
-        retried = reap_expired_leases(cfg, store)
-        alerts = health_alerts(cfg) + failed_run_alerts(cfg, store)
-        if model_store.healthy(cfg):
-            alerts += model_alerts(cfg, sorted(store.series_isbns()))
-    else:
-        alerts = event_alerts(message)
+    query = store.col("runs").where(filter=firestore.FieldFilter("created_at", ">=", since))
+    return [s.to_dict() for s in query.stream()]
+
+
+# --- daily summary --------------------------------------------------------------------------
+def summary_key(at: datetime) -> str:
+    return f"daily-summary:{at:%Y-%m-%d}"
+
+
+def daily_summary(store: RunStore, at: datetime, fleet: Fleet | None) -> Alert:
+    """Fleet health now; runs, failures and alerts of the 24 hours before ``at``."""
+    since = at - DAY
+    runs = runs_since(store, since)
+    failed = sorted((r for r in runs if r["status"] == "failed"), key=lambda r: r["created_at"])
+    isbn_failures = sum(result.get("status") in FAILED_ISBN_STATUSES
+                        for r in runs for result in (r.get("results") or {}).values())
+    statuses = Counter(r["status"] for r in runs)
+    tally = alerting.counts(store, since, at)
+    lines = [
+        (f"Fleet: {alerting.counted(fleet.with_data, 'ISBN')} with data, {fleet.served} served ({fleet.baseline} "
+         f"by the seasonal-naive baseline), {fleet.unserved} unserved ({fleet.first_training} in their first "
+         "training)") if fleet
+        else "Fleet: unknown (MLflow is unreachable)",
+        f"Runs in the last 24 h: {len(runs)}" + (f" ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))})"
+                                                  if runs else ""),
+        f"Failures: {len(failed)} failed run(s), {isbn_failures} ISBN(s) failed or refused in runs",
+        *(f"• {r['run_id']}: {r.get('error', '')}" for r in failed[:MAX_FAILED_RUNS_LISTED]),
+        (f"Alerts: {tally[alerting.SENT]} sent in {tally[alerting.MESSAGES]} message(s), "
+         f"{tally[alerting.SUPPRESSED]} suppressed as repeats, {tally[alerting.RESOLVED]} resolved, "
+         f"{tally[alerting.UNDELIVERED]} undelivered"),
+    ]
+    return Alert(summary_key(at), INFO, f"Daily summary {at:%Y-%m-%d}", "\n".join(lines))
+
+
+def summary_due(cfg: Settings, store: RunStore, at: datetime) -> bool:
+    """Due on the first tick of a day at or after the summary hour that finds it not yet
+    delivered today (a tick that already failed to deliver it tries again)."""
+    if at.hour < cfg.alerts.daily_summary_hour_utc:
+        return False
+    state = store.get(alerting.ALERTS, alerting.doc_id(summary_key(at)))
+    return not state or not state.get(alerting.SENT)
+
+
+# --- entry ----------------------------------------------------------------------------------
+def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> dict:
+    from shared.trigger import reap_expired_leases
+
+    retried = reap_expired_leases(cfg, store)
+    reachable = model_store.healthy(cfg)
+    found = health_findings(cfg, reachable)
+    found.alerts += failed_run_alerts(cfg, store)
+    fleet = None
+    if reachable:  # without MLflow no model can be judged, so none is alerted or resolved
+        models, fleet = survey_models(cfg, store)
+        found.add(models)
+    outcome = alerting.report(cfg, store, found.alerts, found.checked)
+    at = message.publish_time.astimezone(timezone.utc)
+    # Once a day: the key names the day, and no dedup window shorter than a day may resend it.
+    if summary_due(cfg, store, at) and send(cfg, store, daily_summary(store, at, fleet), DAY // timedelta(minutes=1)):
+        outcome["sent"].append(summary_key(at))
+    return {"retried": retried, "alerts": [a.key for a in found.alerts], **outcome}
+
+
+def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = None) -> dict:
+    """Handle one monitor message; returns what it did (retried runs, alerts sent, resolved)."""
+    store = store or RunStore(cfg)
+    if message.attributes.get("event_type") == TICK:
+        return on_tick(cfg, store, message)
+    alerts = event_alerts(message)
     sent = [a.key for a in alerts if send(cfg, store, a)]
-    return {"retried": retried, "alerts": [a.key for a in alerts], "sent": sent}
+    return {"retried": [], "alerts": [a.key for a in alerts], "sent": sent, "resolved": []}

@@ -9,7 +9,8 @@ def handle(cfg, message):
     from shared.monitoring import on_message
 
     result = on_message(cfg, message)
-    return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['retried'])} run(s) retried", **result}
+    return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['resolved'])} resolved, "
+                       f"{len(result['retried'])} run(s) retried", **result}
 
 
 monitor = functions_framework.cloud_event(pubsub_entry("monitor", handle))
