@@ -361,9 +361,11 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mean, se = _transformed_forecast(model, horizon, forecast_start)
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(se))):
-        raise FloatingPointError(f"{model.spec.label()} produced a non-finite forecast")
     transform = "none" if model.spec.kind == "tsb" else model.spec.transform
+    ceiling = MAX_LOG_UNITS if transform == "log1p" else np.expm1(MAX_LOG_UNITS)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(se)) and np.all(mean <= ceiling)):
+        raise FloatingPointError(f"{model.spec.label()} produced a non-finite or implausible forecast "
+                                 f"(over {np.expm1(MAX_LOG_UNITS):.0e} units a week)")
     return Forecast(forecast_start, mean, np.maximum(se, 1e-9), transform, model.interval_scale)
 
 

@@ -232,10 +232,11 @@ def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) ->
         if weeks[0] != fitted.start:
             raise ValueError(f"the series now starts {weeks[0]}, the model's data started {fitted.start}")
         model = models.refresh(fitted, info["units"]).to_dict()
+        serving = serving_forecast(model)  # a refreshed model that cannot forecast is re-tuned instead
     except Exception as error:  # noqa: BLE001 - any failure means: re-tune this ISBN instead
         log.warning("cannot refresh %s v%s, re-tuning it: %s", isbn, refresh.version, error, extra={"isbn": isbn})
         return None
-    return Candidate(isbn=isbn, status="refreshed", spec=model["spec"], model=model,
+    return Candidate(isbn=isbn, status="refreshed", spec=model["spec"], model=model, serving=serving,
                      metrics=gates.metrics_from_tags(version.tags) or {},
                      reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
                      train_window=(version.tags.get("train_window_start", ""), version.tags.get("train_window_end", "")),
@@ -254,7 +255,7 @@ def register_refresh(cfg: Settings, store, request: dict, candidate: Candidate, 
     previous = candidate.study["tags"]
     carried = {k: previous[k] for k in ("family", "spec", Tags.FITTED_AT, "baseline") if k in previous}
     registration = registry.register(
-        cfg, candidate.isbn, candidate.model, serving_forecast(candidate.model),
+        cfg, candidate.isbn, candidate.model, candidate.serving,
         params={"kind": "refresh", "refreshes": refresh.version, "family": previous.get("family", "")},
         metrics=candidate.metrics,
         tags={**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks), **carried,
