@@ -19,8 +19,16 @@ OUTBOX = "follow_ups"  # follow-up requests written with the release, published 
 
 
 def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | None]:
-    """The current leases (Firestore transactions read everything before writing)."""
-    return store.read_many(transaction, {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns})
+    """The current leases (Firestore transactions read everything before writing), each
+    expired one marked with whether its run exists: a cause that stopped between deciding
+    groups holds leases for a run it never created, and claim() must not update that run."""
+    held = store.read_many(transaction, {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns})
+    expired_runs = {lease["run_id"] for lease in held.values() if lease and lease["expires_at"] <= now()}
+    runs = store.read_many(transaction, {r: store.col("runs").document(r) for r in expired_runs})
+    for lease in held.values():
+        if lease and lease["run_id"] in expired_runs:
+            lease["run_exists"] = runs[lease["run_id"]] is not None
+    return held
 
 
 def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: list[str], run_id: str,
@@ -37,7 +45,7 @@ def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: lis
                 transaction.update(ref, {"follow_ups": follow_ups + [cause]})
             busy.append(isbn)
             continue
-        if lease and lease["run_id"] != run_id:
+        if lease and lease["run_id"] != run_id and lease.get("run_exists"):
             transaction.update(store.col("runs").document(lease["run_id"]),
                                {"status": "failed", "error": f"lease on {isbn} expired: the job stopped", "updated_at": now()})
         transaction.set(ref, {"isbn": isbn, "run_id": run_id, "acquired_at": now(),

@@ -236,3 +236,17 @@ def test_a_failed_run_is_retried_once_on_its_decided_series_after_a_pause(dry_cf
     store.update_run(retry, status="failed", error="still failing")
     store.col("runs").document(retry).update({"finished_at": now() - timedelta(minutes=6)})
     assert retry_failed_runs(dry_cfg, store) == []  # a retry that fails is alerted, not repeated
+
+
+def test_an_expired_lease_of_a_run_never_created_does_not_block_the_isbn(dry_cfg, probe, bucket):
+    """A cause that stopped between its ISBN groups leased for a run it never created; once
+    that lease expires, the next cause takes the ISBN over instead of failing on the run."""
+    frame = sample(1, years=2, seed=15)
+    isbn = frame["isbn"].iloc[0]
+    store = RunStore(dry_cfg)
+    store.col("leases").document(isbn).set({"isbn": isbn, "run_id": "run-never-created", "follow_ups": [],
+                                            "expires_at": now() - timedelta(seconds=1)})
+    upload(dry_cfg, "i.csv", frame)
+    outcome = handle(dry_cfg, notifications(probe, 1)[0])
+    assert outcome.status == "accepted" and store.get("leases", isbn)["run_id"] == outcome.run_id
+    assert store.run("run-never-created") is None
