@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as clock, timedelta, timezone
 from multiprocessing import get_context
@@ -65,7 +65,7 @@ def _train(isbn, start, y, training, gates, champion_spec, now):
 
     weeks = [start + timedelta(weeks=i) for i in range(len(y))]
     candidate = train_isbn(isbn, weeks, list(y), training, champion_spec)
-    if candidate.status != "trained":
+    if candidate.status != "trained":  # as the pipeline: nothing new to serve
         return None, False
     passed = gate(candidate, gates).passed
     model = candidate.model if passed else candidate.baseline_model
@@ -97,6 +97,8 @@ def replay_one(args) -> tuple[Tally, Tally]:
 
     # The first training is the same for both strategies: left out of both.
     champion, _ = _train(isbn, start, observed, cfg.training, cfg.gates, None, at(n_history))
+    if champion is None:
+        raise RuntimeError(f"{isbn}: the first training produced no model")
     champion.tags["version"] = "1"
     versions = 1
     for step in range(len(truth) - n_history - 1):
@@ -179,8 +181,19 @@ def main() -> None:
     console.print(f"{args.isbns} ISBNs × {args.weeks} weekly uploads (profile {args.profile}); always-retrain sampled "
                   f"every {args.always_every} weeks", highlight=False)
     started = time.perf_counter()
+    tallies, failed = [], []
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        tallies = list(pool.map(replay_one, jobs))
+        futures = {pool.submit(replay_one, job): job[0] for job in jobs}
+        for done, future in enumerate(as_completed(futures), 1):
+            try:
+                tallies.append(future.result())
+            except Exception as error:  # one ISBN's failure is reported, not the end of the replay
+                failed.append(f"{futures[future]}: {error!r}")
+            if done % 10 == 0:
+                console.print(f"{done}/{len(jobs)} ISBNs replayed ({time.perf_counter() - started:.0f} s)",
+                              highlight=False)
+    for failure in failed:
+        console.print(f"[red]failed[/] {failure}")
     wall = time.perf_counter() - started
     smart = [s for s, _ in tallies]
     always = [a for _, a in tallies]
