@@ -201,6 +201,12 @@ def test_alerts_no_channel_took_are_sent_on_the_next_tick(alerting_cfg, inbox):
     assert "3 ISBNs with data but no served model" in digest["text"] and "run-lost" in event["text"]
     assert on_message(alerting_cfg, tick("t3"))["sent"] == [] and len(inbox.slack) == len(inbox.mail) == 2
 
+    # A resolve notice nobody received is given again.
+    serve(alerting_cfg, store, isbns[0], {"rmse": 5.0, "mae": 4.0, "wape": 0.2, "relative_mae": 0.7}, {})
+    assert on_message(down, tick("t4"))["resolved"] == []
+    assert on_message(alerting_cfg, tick("t5"))["resolved"] == [f"unserved:{isbns[0]}"]
+    assert len(inbox.slack) == 3 and f"1 ISBN served now: {isbns[0]}" in inbox.slack[-1]["text"]
+
 
 def test_daily_summary_is_sent_once_a_day_however_often_the_tick_arrives(alerting_cfg, inbox):
     store = RunStore(alerting_cfg)
