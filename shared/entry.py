@@ -1,7 +1,8 @@
 """The common shell of the Pub/Sub-fed functions: decode the CloudEvent, log its arrival,
 run the handler under the message's correlation id, log the outcome (the handler's dict;
-its "summary" becomes the log message). A PermanentFailure is recorded, announced and
-acknowledged; anything else raises, so Pub/Sub redelivers it."""
+its "summary" becomes the log message). Events on internal topics must carry our signature.
+A PermanentFailure (a forgery included) is recorded, announced and acknowledged; anything
+else raises, so Pub/Sub redelivers it."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -10,6 +11,7 @@ from shared.config import Settings, settings
 from shared.events import PubSubMessage, receive
 from shared.failures import PermanentFailure, record
 from shared.logs import configure, correlated, get_logger
+from shared.signing import authentic
 
 
 def pubsub_entry(name: str, handler: Callable[[Settings, PubSubMessage], dict | None]) -> Callable[[Any], None]:
@@ -20,6 +22,9 @@ def pubsub_entry(name: str, handler: Callable[[Settings, PubSubMessage], dict | 
         message = receive(cloud_event, log)
         with correlated(message.correlation_id):
             try:
+                if not authentic(message):
+                    raise PermanentFailure(f"forged event on {message.topic}: no valid signature "
+                                           f"(event_type {message.attributes.get('event_type')!r})")
                 outcome = dict(handler(settings(), message) or {})
             except PermanentFailure as failure:
                 first = record(settings(), name, message, failure)

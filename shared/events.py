@@ -26,6 +26,7 @@ class Topics:
     TRAINING_REQUESTS = "training-requests"
     RECONCILE_TICKS = "reconcile-ticks"
     TRAINING_EVENTS = "training-events"
+    MODEL_CHANGES = "model-changes"
     REJECTED_INPUT = "rejected-input"
     DEAD_LETTERS = "dead-letters"
 
@@ -205,12 +206,16 @@ class PubSubMessage(BaseModel):
 
 
 def encode(event: Event) -> tuple[bytes, dict[str, str]]:
+    from shared.signing import SIGNATURE, signature
+
+    data = event.model_dump_json().encode()
     attributes = {
         "event_type": event.event_type,  # type: ignore[attr-defined]
         "schema_version": event.schema_version,
         "correlation_id": event.correlation_id,
+        SIGNATURE: signature(event.event_type, data),  # type: ignore[attr-defined]
     }
-    return event.model_dump_json().encode(), attributes
+    return data, attributes
 
 
 def receive(cloud_event: Any, logger: Any) -> PubSubMessage:

@@ -253,3 +253,23 @@ def test_a_poison_dead_letter_is_alerted_not_redelivered(dry_cfg, functions_env)
     monitor(poison)  # returns: acknowledged
     (alert,) = RunStore(dry_cfg).stream("alerts")
     assert alert["key"] == "dead-letter:9" and "trigger-training-uploads" in alert["detail"]
+
+
+def test_forged_internal_events_are_rejected_and_counted_signed_ones_alert(dry_cfg, probe, functions_env):
+    from functions.monitor.main import monitor
+    from shared.events import IsbnResult, TrainingEvent, encode
+
+    event = TrainingEvent(correlation_id="cid-f", run_id="run-forged", status="failed", isbns=["9780306406157"],
+                          reason="<!channel> click http://evil.example",
+                          results=[IsbnResult(isbn="9780306406157", status="failed")])
+    data, attributes = encode(event)
+    unsigned = {k: v for k, v in attributes.items() if k != "signature"}
+    monitor(pushed(Topics.TRAINING_EVENTS, dry_cfg.project_id, data, unsigned, "21"))
+    monitor(pushed(Topics.TRAINING_EVENTS, dry_cfg.project_id, data.replace(b"run-forged", b"run-tamper"),
+                   attributes, "22"))  # signed, then altered
+    store = RunStore(dry_cfg)
+    assert [a["key"] for a in store.stream("alerts")] == []  # the forger's text reached nobody
+    forged = sorted(store.stream("rejections"), key=lambda r: r["message_id"])
+    assert [r["message_id"] for r in forged] == ["21", "22"] and all("forged" in r["reason"] for r in forged)
+    monitor(pushed(Topics.TRAINING_EVENTS, dry_cfg.project_id, data, attributes, "23"))  # ours
+    assert [a["key"] for a in store.stream("alerts")] == ["run:run-forged:failed"]
