@@ -76,6 +76,42 @@ def version_tags(cfg: Settings, isbn: str, version: str) -> dict[str, str] | Non
     return {t["key"]: t["value"] for t in response.json()["model_version"].get("tags", [])}
 
 
+def index_entry(target: AliasTarget, forecast: dict) -> dict:
+    """An index entry (runstore.record_champion): the version, its tags and its serving
+    forecast without the history tail, about 5 KB. The forecast is kept as JSON text:
+    Firestore holds no arrays inside arrays (the interval calibration pairs)."""
+    return {"version": target.version, "run_id": target.run_id, "model_name": target.model_name,
+            "alias": target.alias, "created_at": target.created_at, "tags": target.tags,
+            "forecast": json.dumps({k: v for k, v in forecast.items() if k not in ("history", "history_start")})}
+
+
+def from_index(isbn: str, entry: dict) -> tuple[AliasTarget, dict]:
+    target = AliasTarget(isbn=isbn, model_name=entry["model_name"], alias=entry["alias"], version=entry["version"],
+                         run_id=entry["run_id"], created_at=entry["created_at"], tags=entry["tags"])
+    return target, json.loads(entry["forecast"])
+
+
+def champion_versions(cfg: Settings, alias: str | None = None) -> dict[str, str]:
+    """Every ISBN's ``alias`` version under this deployment's prefix, from the registry's
+    model search: a page of 1,000 models per round trip, however large the catalogue."""
+    alias = alias or cfg.serving.alias
+    found, token = {}, None
+    while True:
+        params = {"filter": f"name LIKE '{cfg.model_name_prefix}%'", "max_results": 1000,
+                  **({"page_token": token} if token else {})}
+        response = _get(cfg, "/api/2.0/mlflow/registered-models/search", params, timeout=10.0)
+        if not response.ok:
+            raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")
+        page = response.json()
+        for model in page.get("registered_models", []):
+            version = next((a["version"] for a in model.get("aliases", []) if a["alias"] == alias), None)
+            if version is not None:
+                found[model["name"].removeprefix(cfg.model_name_prefix)] = str(version)
+        token = page.get("next_page_token")
+        if not token:
+            return found
+
+
 def run_artifact(cfg: Settings, run_id: str, path: str) -> dict:
     """A JSON artifact of a version's run, over plain HTTP (no MLflow import)."""
     response = _get(cfg, "/get-artifact", {"path": path, "run_uuid": run_id}, timeout=5.0)

@@ -146,6 +146,8 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
         return previous
     client(cfg).set_registered_model_alias(name, alias, str(to_version))
     store.record_alias_move(isbn, name, alias, previous, str(to_version), action, reason, actor, correlation_id)
+    if alias == cfg.serving.alias:
+        index_champion(cfg, store, isbn)
     log.info("alias %s of %s moved %s -> %s (%s)", alias, name, previous, to_version, action,
              extra={"isbn": isbn, "action": action, "reason": reason})
     if publish:
@@ -155,6 +157,15 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
             correlation_id=correlation_id, isbn=isbn, model_name=name, alias=alias, action=action,
             from_version=previous, to_version=str(to_version), reason=reason))
     return previous
+
+
+def index_champion(cfg: Settings, store, isbn: str) -> None:
+    """Write the ISBN's entry in the champion index (runstore.record_champion)."""
+    from shared import model_store
+
+    target = model_store.resolve(cfg, isbn)
+    if target is not None:
+        store.record_champion(isbn, model_store.index_entry(target, model_store.serving_forecast(cfg, target.run_id)))
 
 
 def served_isbns(cfg: Settings) -> list[str]:

@@ -21,6 +21,8 @@ from shared.config import Settings
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined", "cancelled")
 TERMINAL = ("succeeded", "failed", "quarantined", "cancelled")
+CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
+CHAMPION_BATCH = 300     # documents per batched read
 
 
 def now() -> datetime:
@@ -124,6 +126,20 @@ class RunStore:
             "isbn": isbn, "model_name": model_name, "alias": alias, "from_version": from_version,
             "to_version": to_version, "action": action, "reason": reason, "actor": actor,
             "correlation_id": correlation_id, "at": now(), **extra})
+
+    def record_champion(self, isbn: str, entry: dict) -> None:
+        """The champion index: what decisions need of an ISBN's served version (its tags and
+        serving forecast), kept beside the data so a catalogue is decided without a registry
+        round trip per ISBN. Written at every move of the serving alias."""
+        self.col(CHAMPIONS).document(isbn).set({**entry, "isbn": isbn, "indexed_at": now()})
+
+    def champions(self, isbns: list[str]) -> dict[str, dict]:
+        """Index entries of these ISBNs, read in batches."""
+        found = {}
+        for start in range(0, len(isbns), CHAMPION_BATCH):
+            refs = [self.col(CHAMPIONS).document(i) for i in isbns[start:start + CHAMPION_BATCH]]
+            found.update((snap.id, snap.to_dict()) for snap in self.db.get_all(refs) if snap.exists)
+        return found
 
     def alias_history(self, isbn: str) -> list[dict]:
         query = self.col("alias_history").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))

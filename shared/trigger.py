@@ -206,17 +206,35 @@ class Upload:
     source: str
 
 
-def champions(cfg: Settings, isbns: list[str]) -> dict[str, tuple]:
-    """Each ISBN's champion and its serving forecast; looked up concurrently, since a
-    catalogue upload needs two registry round trips per ISBN."""
+def champions(cfg: Settings, store: RunStore, isbns: list[str], versions: dict[str, str]) -> dict[str, tuple]:
+    """Each ISBN's champion and its serving forecast. ``versions`` (one paged registry search
+    per cause) says which version serves; the champion index in Firestore has its tags and
+    forecast, read in batches. Only an ISBN whose index entry is missing or behind (an alias
+    moved outside bookcast) costs registry round trips, and its entry is rewritten."""
     from concurrent.futures import ThreadPoolExecutor
+
+    served = [i for i in isbns if i in versions]
+    indexed = store.champions(served)
+    found = {i: (None, None) for i in isbns}
+    stale = []
+    for isbn in served:
+        entry = indexed.get(isbn)
+        if entry and entry["version"] == versions[isbn]:
+            found[isbn] = model_store.from_index(isbn, entry)
+        else:
+            stale.append(isbn)
 
     def lookup(isbn: str) -> tuple:
         target = model_store.resolve(cfg, isbn)
-        return target, model_store.serving_forecast(cfg, target.run_id) if target else None
+        if target is None:
+            return None, None
+        forecast = model_store.serving_forecast(cfg, target.run_id)
+        store.record_champion(isbn, model_store.index_entry(target, forecast))
+        return target, forecast
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return dict(zip(isbns, pool.map(lookup, isbns)))
+        found.update(zip(stale, pool.map(lookup, stale)))
+    return found
 
 
 def open_cause(store: RunStore, cause: Cause, isbns: list[str]) -> dict:
@@ -247,6 +265,7 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
     groups = [planned[i:i + GROUP_ISBNS] for i in range(0, len(planned), GROUP_ISBNS)]
     done = {snap.id for snap in store.col("causes").document(cause.key).collection(GROUPS).select([]).stream()}
     decisions: list[Decision] = []
+    versions = model_store.champion_versions(cfg)  # which version serves each ISBN: one paged search
     for index, group in enumerate(groups):
         if group_id(index) in done:
             continue
@@ -255,7 +274,7 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
             log_decisions(cause, decisions)
             raise Unfinished(f"{cause.key}: {len(groups) - index} of {len(groups)} ISBN groups left at the "
                              f"{cfg.decision.work_budget_seconds:g} s budget; a redelivery resumes them")
-        decisions += decide_group(cfg, store, cause, run_id, index, group, upload)
+        decisions += decide_group(cfg, store, cause, run_id, index, group, upload, versions)
     log_decisions(cause, decisions)
     closed = close_cause(store, cause, run_id)
     finish_pending(cfg, store, store.get("causes", cause.key))
@@ -286,9 +305,9 @@ def group_id(index: int) -> str:
 
 
 def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, index: int, isbns: list[str],
-                 upload: Upload | None) -> list[Decision]:
+                 upload: Upload | None, versions: dict[str, str]) -> list[Decision]:
     """Merge, decide, lease and snapshot one group of ISBNs, with its marker: atomically."""
-    current = champions(cfg, isbns)  # outside the transaction: MLflow is not transactional
+    current = champions(cfg, store, isbns, versions)  # outside the transaction: MLflow is not transactional
     decided_at = now()
 
     def apply(transaction) -> list[Decision]:

@@ -78,3 +78,30 @@ def test_a_quarantined_retrain_still_leaves_a_fresh_forecast_served(cfg, probe, 
     now_served = model_store.resolve(cfg, isbn)
     assert now_served.tags[Tags.KIND] == "refresh" and now_served.tags[Tags.REFRESHES] == served.version
     assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)
+
+
+def test_decisions_read_champions_from_the_index_and_heal_it(cfg, probe, tmp_path):
+    """A catalogue is decided from the champion index (batched Firestore reads), not two
+    registry round trips per ISBN; an alias moved outside bookcast is noticed and re-indexed."""
+    from shared.trigger import champions
+
+    frame = sample(2, years=2, seed=53)
+    isbns = sorted(frame["isbn"].unique())
+    run_training(cfg, [write_csv(frame, tmp_path)])
+    store = RunStore(cfg)
+    versions = model_store.champion_versions(cfg)
+    assert set(versions) == set(isbns)
+    indexed = store.champions(isbns)
+    assert {i: e["version"] for i, e in indexed.items()} == versions
+    assert all(model_store.from_index(i, e)[1]["data_end"] == str(frame["week"].max())
+               and "history" not in model_store.from_index(i, e)[1] for i, e in indexed.items())
+
+    moved = isbns[0]
+    naive = registry.register(cfg, moved, {"spec": {"kind": "seasonal_naive"}, "start": str(frame["week"].min()),
+                                           "n_obs": 0, "params": [], "history": []},
+                              model_store.serving_forecast(cfg, model_store.resolve(cfg, moved).run_id),
+                              params={}, metrics={}, tags={"kind": "baseline"}).version
+    registry.client(cfg).set_registered_model_alias(cfg.model_name(moved), "champion", naive)  # behind bookcast's back
+    found = champions(cfg, store, isbns, model_store.champion_versions(cfg))
+    assert found[moved][0].version == naive and store.champions([moved])[moved]["version"] == naive
+    assert found[isbns[1]][0].version == versions[isbns[1]]
