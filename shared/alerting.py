@@ -38,6 +38,7 @@ CLAIM_BATCH = 100  # alerts claimed per transaction: a tick over a catalogue sta
 NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ALERTS, COUNTS = "alerts", "alert_counts"
 SENT, MESSAGES, SUPPRESSED, RESOLVED, UNDELIVERED = "sent", "messages", "suppressed", "resolved", "undelivered"
+OPEN, PENDING, LAST_SENT_AT = "open", "pending", "last_sent_at"  # fields of an alert's document
 
 
 @dataclass(frozen=True)
@@ -146,23 +147,22 @@ def claim(store: RunStore, alerts: list[Alert], window_minutes: int) -> list[Ale
             at, fresh = now(), []
             for alert in chunk:
                 state = states[alert.key]
-                if state and state["last_sent_at"] > at - timedelta(minutes=window_minutes):
+                if state and state[LAST_SENT_AT] > at - timedelta(minutes=window_minutes):
                     transaction.update(refs[alert.key], {SUPPRESSED: state.get(SUPPRESSED, 0) + 1, "last_seen_at": at})
                     continue
                 transaction.set(refs[alert.key], {
                     "key": alert.key, "severity": alert.severity, "title": alert.title, "detail": alert.detail,
-                    "correlation_id": alert.correlation_id, "last_sent_at": at, "last_seen_at": at, SUPPRESSED: 0,
+                    "correlation_id": alert.correlation_id, LAST_SENT_AT: at, "last_seen_at": at, SUPPRESSED: 0,
                     SENT: (state or {}).get(SENT, 0) + 1, UNDELIVERED: (state or {}).get(UNDELIVERED, 0),
                     "condition": alert.condition.name if alert.condition else None, "subject": alert.subject,
                     "cleared": alert.condition.cleared if alert.condition else None,
                     # Whether it is open (resolvable) changes only once delivery is known.
-                    "open": (state or {}).get("open", False), "pending": False})
+                    OPEN: (state or {}).get(OPEN, False), PENDING: False})
                 fresh.append(alert)
             return fresh
 
         claimed += store.in_transaction(work)
-    if len(claimed) < len(unique):
-        count(store, **{SUPPRESSED: len(unique) - len(claimed)})
+    count(store, **{SUPPRESSED: len(unique) - len(claimed)})
     return claimed
 
 
@@ -172,9 +172,9 @@ def settle(store: RunStore, alerts: list[Alert], delivered: bool) -> None:
     and an event's alert waits for the next tick (nothing else would raise it again)."""
     from google.cloud import firestore
 
-    undone = {"last_sent_at": NEVER, SENT: firestore.Increment(-1), UNDELIVERED: firestore.Increment(1)}
-    update_all(store, {a.key: {"open": a.condition is not None} if delivered
-                       else {**undone, "pending": a.condition is None} for a in alerts})
+    undone = {LAST_SENT_AT: NEVER, SENT: firestore.Increment(-1), UNDELIVERED: firestore.Increment(1)}
+    update_all(store, {a.key: {OPEN: a.condition is not None} if delivered
+                       else {**undone, PENDING: a.condition is None} for a in alerts})
     count(store, **{SENT if delivered else UNDELIVERED: len(alerts)})
 
 
@@ -187,9 +187,9 @@ def close(store: RunStore, keys: set[str]) -> list[dict]:
     for start in range(0, len(ordered), CLAIM_BATCH):
         def work(transaction, chunk=ordered[start:start + CLAIM_BATCH]) -> list[dict]:
             refs = {key: store.col(ALERTS).document(doc_id(key)) for key in chunk}
-            states = [s for s in store.read_many(transaction, refs).values() if s and s.get("open")]
+            states = [s for s in store.read_many(transaction, refs).values() if s and s.get(OPEN)]
             for state in states:
-                transaction.update(refs[state["key"]], {"open": False, "resolved_at": firestore.SERVER_TIMESTAMP})
+                transaction.update(refs[state["key"]], {OPEN: False, "resolved_at": firestore.SERVER_TIMESTAMP})
             return states
 
         closed += store.in_transaction(work)
@@ -198,7 +198,7 @@ def close(store: RunStore, keys: set[str]) -> list[dict]:
 
 def reopen(store: RunStore, closed: list[dict]) -> None:
     """Undo ``close`` for resolve notices that reached nobody: the next tick resolves them again."""
-    update_all(store, {state["key"]: {"open": True} for state in closed})
+    update_all(store, {state["key"]: {OPEN: True} for state in closed})
 
 
 def update_all(store: RunStore, updates: dict[str, dict]) -> None:
@@ -214,7 +214,7 @@ def update_all(store: RunStore, updates: dict[str, dict]) -> None:
 def open_keys(store: RunStore) -> set[str]:
     from google.cloud import firestore
 
-    query = store.col(ALERTS).where(filter=firestore.FieldFilter("open", "==", True)).select(["key"])
+    query = store.col(ALERTS).where(filter=firestore.FieldFilter(OPEN, "==", True)).select(["key"])
     return {snap.get("key") for snap in query.stream()}
 
 
@@ -222,7 +222,7 @@ def pending(store: RunStore) -> list[Alert]:
     """Event alerts that reached nobody, to be sent again."""
     from google.cloud import firestore
 
-    query = store.col(ALERTS).where(filter=firestore.FieldFilter("pending", "==", True))
+    query = store.col(ALERTS).where(filter=firestore.FieldFilter(PENDING, "==", True))
     return [Alert(s["key"], s["severity"], s["title"], s["detail"], s.get("correlation_id"))
             for s in (snap.to_dict() for snap in query.stream())]
 
