@@ -83,7 +83,7 @@ class ModelChange(Event):
     isbn: str
     model_name: str
     alias: str
-    action: Literal["promote", "rollback", "baseline", "refresh"]
+    action: Literal["promote", "rollback", "baseline", "refresh", "revert"]
     from_version: str | None
     to_version: str
     reason: str = ""

@@ -109,6 +109,11 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
         return [Alert(f"rejected-message:{rejected.delivery_key}", WARNING,
                       f"{rejected.function} rejected a message on {rejected.topic} for good",
                       f"message {rejected.message_id}: {rejected.reason}", cid)]
+    if kind == "model.changed" and event.get("action") == "revert":
+        return [Alert(f"revert:{event['isbn']}:{event['from_version']}", CRITICAL,
+                      f"{event['isbn']} v{event['from_version']} failed validation and was taken off serving",
+                      f"now serving: {('v' + event['to_version']) if event['to_version'] else 'nothing'}; "
+                      f"{event.get('reason', '')}", cid)]
     if kind == "model.changed" and event.get("action") == "rollback":
         return [Alert(f"rollback:{event['isbn']}:{event['to_version']}", WARNING,
                       f"{event['isbn']} rolled back v{event['from_version']} → v{event['to_version']}",

@@ -16,6 +16,7 @@ from shared.logs import get_logger
 log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
 FITTED_MODEL = "fitted_model.json"  # the run artifact a refresh starts from
+REVERT = "revert"  # the alias move that undoes one whose version failed validation
 HOLDOUT_PLOT = "holdout_forecast.png"
 
 
@@ -146,17 +147,60 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
         return previous
     client(cfg).set_registered_model_alias(name, alias, str(to_version))
     store.record_alias_move(isbn, name, alias, previous, str(to_version), action, reason, actor, correlation_id)
-    if alias == cfg.serving.alias:
-        index_champion(cfg, store, isbn)
     log.info("alias %s of %s moved %s -> %s (%s)", alias, name, previous, to_version, action,
              extra={"isbn": isbn, "action": action, "reason": reason})
     if publish:
-        from shared.pubsub import publish as publish_event
+        _announce(cfg, correlation_id, isbn, name, alias, action, previous, str(to_version), reason)
+    if alias == cfg.serving.alias:
+        target, forecast, problems = _served(cfg, isbn)
+        if problems:
+            _revert(cfg, store, isbn, alias, str(to_version), previous, problems, correlation_id)
+        else:
+            from shared import model_store
 
-        publish_event(cfg, "model-changes", ModelChange(
-            correlation_id=correlation_id, isbn=isbn, model_name=name, alias=alias, action=action,
-            from_version=previous, to_version=str(to_version), reason=reason))
+            store.record_champion(isbn, model_store.index_entry(target, forecast))
     return previous
+
+
+def _announce(cfg: Settings, correlation_id: str, isbn: str, name: str, alias: str, action: str,
+              from_version: str | None, to_version: str, reason: str) -> None:
+    from shared.pubsub import publish as publish_event
+
+    publish_event(cfg, "model-changes", ModelChange(correlation_id=correlation_id, isbn=isbn, model_name=name,
+                                                    alias=alias, action=action, from_version=from_version,
+                                                    to_version=to_version, reason=reason))
+
+
+def _served(cfg: Settings, isbn: str):
+    """Forecast the ISBN through the serving path (alias, artifact, bounds) after a move:
+    the target, its serving artifact and what is wrong with it."""
+    from shared import model_store
+    from shared.forecasting.serving import serving_problems
+
+    target = model_store.resolve(cfg, isbn)
+    try:
+        forecast = model_store.serving_forecast(cfg, target.run_id)
+    except model_store.RegistryUnavailable as error:
+        return target, None, [f"its serving artifact cannot be fetched: {error}"]
+    return target, forecast, serving_problems(forecast)
+
+
+def _revert(cfg: Settings, store, isbn: str, alias: str, failed: str, previous: str | None, problems: list[str],
+            correlation_id: str) -> None:
+    """A version that fails validation never keeps serving: the alias goes back to the
+    version it replaced (or, for a first version, is removed), audited and announced as a
+    revert, which the monitor alerts as critical."""
+    name = cfg.model_name(isbn)
+    reason = f"v{failed} failed validation after the move: " + "; ".join(problems)
+    if previous is not None:
+        client(cfg).set_registered_model_alias(name, alias, previous)
+    else:
+        client(cfg).delete_registered_model_alias(name, alias)
+    store.record_alias_move(isbn, name, alias, failed, previous or "", REVERT, reason, "validation", correlation_id)
+    log.error("alias %s of %s reverted %s -> %s: %s", alias, name, failed, previous, reason, extra={"isbn": isbn})
+    _announce(cfg, correlation_id, isbn, name, alias, REVERT, failed, previous or "", reason)
+    if previous is not None:
+        index_champion(cfg, store, isbn)
 
 
 def index_champion(cfg: Settings, store, isbn: str) -> None:
