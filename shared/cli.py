@@ -127,8 +127,8 @@ def cmd_decisions(args, cfg) -> int:
     for column in ("decided", "isbn", "action", "reasons", "cause", "run"):
         table.add_column(column, overflow="fold")
     for d in decisions:
-        table.add_row(f"{d['decided_at']:%Y-%m-%d %H:%M:%S}", d["isbn"],
-                      "[green]train[/]" if d["action"] == "train" else "[dim]skip[/]",
+        colour = {"train": "green", "refresh": "cyan", "coalesce": "yellow"}.get(d["action"], "dim")
+        table.add_row(f"{d['decided_at']:%Y-%m-%d %H:%M:%S}", d["isbn"], f"[{colour}]{d['action']}[/]",
                       "; ".join(d["reasons"]), d["cause"].get("kind", "?"), d.get("run_id") or "-")
     console.print(table)
     return 0
