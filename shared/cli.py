@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from shared.config import load_settings
+from shared.runstore import RUN_STATES
 from shared.logs import configure
 
 # Piped output keeps full-width tables rather than rich's 80-column default.
@@ -95,18 +98,51 @@ def _results_table(results: list[dict]) -> None:
     console.print(table)
 
 
-def cmd_runs(args, cfg) -> int:
-    runs = _store(cfg).runs(limit=args.limit, status=args.status)
-    table = Table(title=f"training runs ({cfg.project_id})")
-    for column in ("run", "status", "created", "isbns", "cause", "launcher", "versions"):
+def emit(args, title: str, rows: list[dict], shorten: dict | None = None) -> None:
+    """A read command's rows: a table for people, or JSON / CSV alone on stdout for scripts
+    (logs go to stderr). ``shorten`` gives a column's table form; JSON and CSV keep it whole."""
+    if args.format == "json":
+        print(json.dumps(rows, default=str, indent=2))
+        return
+    columns = list(rows[0]) if rows else []
+    if args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: _csv_cell(v) for k, v in r.items()} for r in rows)
+        return
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, overflow="fold")
-    for run in runs:
-        versions = run.get("mlflow_versions") or {}
-        table.add_row(run["run_id"], run["status"], f"{run['created_at']:%Y-%m-%d %H:%M:%S}",
-                      f"{len(run['isbns'])}: " + ", ".join(run["isbns"][:3]) + ("…" if len(run["isbns"]) > 3 else ""),
-                      run.get("cause", {}).get("kind", "?"), run.get("launcher", ""),
-                      ", ".join(f"{i[-4:]}:v{v}" for i, v in list(versions.items())[:4]))
+    for row in rows:
+        table.add_row(*((shorten or {}).get(c, _cell)(row[c]) for c in columns))
     console.print(table)
+
+
+def _csv_cell(value) -> str:
+    if value is None or isinstance(value, str):
+        return value or ""
+    return value.isoformat() if isinstance(value, datetime) else json.dumps(value, default=str)
+
+
+def _cell(value) -> str:
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    if isinstance(value, (list, dict)):
+        return ", ".join(value) if isinstance(value, list) else ", ".join(f"{k}: {v}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def _few(values: list) -> str:
+    return f"{len(values)}: " + ", ".join(values[:3]) + ("…" if len(values) > 3 else "")
+
+
+def cmd_runs(args, cfg) -> int:
+    rows = [{"run": r["run_id"], "status": r["status"], "created": r["created_at"], "isbns": r["isbns"],
+             "cause": r.get("cause", {}).get("kind", "?"), "launcher": r.get("launcher", ""),
+             "compute_seconds": r.get("compute_seconds"), "versions": r.get("mlflow_versions") or {}}
+            for r in _store(cfg).runs(limit=args.limit, status=args.status)]
+    emit(args, f"training runs ({cfg.project_id})", rows,
+         {"isbns": _few, "versions": lambda v: ", ".join(f"{i[-4:]}:v{n}" for i, n in list(v.items())[:4])})
     return 0
 
 
@@ -122,15 +158,12 @@ def cmd_run(args, cfg) -> int:
 
 
 def cmd_decisions(args, cfg) -> int:
-    decisions = _store(cfg).decisions(limit=args.limit, isbn=args.isbn)
-    table = Table(title="training decisions")
-    for column in ("decided", "isbn", "action", "reasons", "cause", "run"):
-        table.add_column(column, overflow="fold")
-    for d in decisions:
-        colour = {"train": "green", "refresh": "cyan", "coalesce": "yellow"}.get(d["action"], "dim")
-        table.add_row(f"{d['decided_at']:%Y-%m-%d %H:%M:%S}", d["isbn"], f"[{colour}]{d['action']}[/]",
-                      "; ".join(d["reasons"]), d["cause"].get("kind", "?"), d.get("run_id") or "-")
-    console.print(table)
+    rows = [{"decided": d["decided_at"], "isbn": d["isbn"], "action": d["action"], "reasons": d["reasons"],
+             "cause": d["cause"].get("kind", "?"), "run": d.get("run_id")}
+            for d in _store(cfg).decisions(limit=args.limit, isbn=args.isbn)]
+    colours = {"train": "green", "refresh": "cyan", "coalesce": "yellow"}
+    emit(args, "decisions: skip, refresh or retrain", rows,
+         {"action": lambda a: f"[{colours.get(a, 'dim')}]{a}[/]", "reasons": "; ".join})
     return 0
 
 
@@ -161,17 +194,11 @@ def cmd_upload(args, cfg) -> int:
 def cmd_uploads(args, cfg) -> int:
     causes = sorted((c for c in _store(cfg).stream("causes") if c.get("kind") == "upload"),
                     key=lambda c: c["received_at"], reverse=True)[: args.limit]
-    table = Table(title="uploads")
-    for column in ("received", "object", "generation", "status", "decisions / reasons", "run"):
-        table.add_column(column, overflow="fold")
-    for c in causes:
-        if c["status"] == "rejected":
-            detail = "[red]" + "\n".join(c["reasons"][:5]) + (f"\n… {len(c['reasons']) - 5} more" if len(c["reasons"]) > 5 else "") + "[/]"
-        else:
-            detail = ", ".join(f"{n} {a}" for a, n in (c.get("summary") or {}).items() if n)
-        table.add_row(f"{c['received_at']:%Y-%m-%d %H:%M:%S}", c["object"], c["generation"], c["status"], detail,
-                      c.get("run_id") or "-")
-    console.print(table)
+    rows = [{"received": c["received_at"], "object": c["object"], "generation": c["generation"], "status": c["status"],
+             "decisions": {a: n for a, n in (c.get("summary") or {}).items() if n}, "reasons": c.get("reasons") or [],
+             "correlation_id": c.get("correlation_id"), "run": c.get("run_id")} for c in causes]
+    emit(args, "uploads", rows, {"reasons": lambda r: "\n".join(r[:5]) + (f"\n… {len(r) - 5} more" if len(r) > 5 else ""),
+                                 "decisions": lambda d: ", ".join(f"{n} {a}" for a, n in d.items())})
     return 0
 
 
@@ -221,13 +248,9 @@ def cmd_sample(args, cfg) -> int:
 
 
 def cmd_aliases(args, cfg) -> int:
-    table = Table(title=f"alias history of {args.isbn}")
-    for column in ("at", "alias", "from", "to", "action", "actor", "reason"):
-        table.add_column(column, overflow="fold")
-    for move in _store(cfg).alias_history(args.isbn):
-        table.add_row(f"{move['at']:%Y-%m-%d %H:%M:%S}", move["alias"], str(move["from_version"]), move["to_version"],
-                      move["action"], move["actor"], move["reason"])
-    console.print(table)
+    rows = [{"at": m["at"], "alias": m["alias"], "from": m["from_version"], "to": m["to_version"], "action": m["action"],
+             "actor": m["actor"], "reason": m["reason"]} for m in _store(cfg).alias_history(args.isbn)]
+    emit(args, f"alias history of {args.isbn}", rows)
     return 0
 
 
@@ -285,30 +308,52 @@ def cmd_cost(args, cfg) -> int:
     return 0
 
 
+def isbn_argument(raw: str) -> str:
+    """An ISBN as given on the command line (hyphens and spaces allowed, as in uploads),
+    normalised; a wrong one ends the command with exit status 2 and the reason."""
+    from shared import isbn
+
+    problem = isbn.problem(raw)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return isbn.normalise(raw)
+
+
+def _formats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                        help="table for people; json or csv alone on stdout for scripts (logs go to stderr)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="bookcast", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"bookcast {version('bookcast')}")
     parser.add_argument("--profile", help="development | test | production (default: BOOKCAST_PROFILE)")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train ISBNs now (forced), from uploads or local files")
     train.add_argument("--file", action="append", help="local CSV/Parquet (repeatable); default: uploaded data")
-    train.add_argument("--isbn", action="append", help="restrict to these ISBNs (repeatable)")
+    train.add_argument("--isbn", action="append", type=isbn_argument, help="restrict to these ISBNs (repeatable)")
     train.add_argument("--launcher", choices=["local", "vertex"], help="vertex: submit (or dry-run) a CustomJob")
     train.set_defaults(handler=cmd_train)
     request = sub.add_parser("request", help="publish a training request for trigger-training (the event path)")
-    request.add_argument("--isbn", action="append", help="these ISBNs (repeatable); default: every known ISBN")
+    request.add_argument("--isbn", action="append", type=isbn_argument,
+                         help="these ISBNs (repeatable); default: every known ISBN")
     request.add_argument("--force", action="store_true", help="train even if nothing changed")
     request.add_argument("--reason", default="manual request")
     request.set_defaults(handler=cmd_request)
     runs = sub.add_parser("runs", help="list training runs")
-    runs.add_argument("--status")
-    runs.add_argument("--limit", type=int, default=30)
+    runs.add_argument("--status", choices=RUN_STATES, help="only runs in this state")
+    runs.add_argument("--limit", type=int, default=30, help="newest first, at most this many")
+    _formats(runs)
     runs.set_defaults(handler=cmd_runs)
     run = sub.add_parser("run", help="show one run")
     run.add_argument("run_id")
     run.set_defaults(handler=cmd_run)
     decisions = sub.add_parser("decisions", help="list training decisions")
-    decisions.add_argument("--isbn")
-    decisions.add_argument("--limit", type=int, default=50)
+    decisions.add_argument("--isbn", type=isbn_argument, help="only this ISBN's decisions")
+    decisions.add_argument("--limit", type=int, default=50, help="newest first, at most this many")
+    _formats(decisions)
     decisions.set_defaults(handler=cmd_decisions)
     upload = sub.add_parser("upload", help="upload a sales file to the bucket (triggers the pipeline)")
     upload.add_argument("file")
@@ -318,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--no-check", action="store_true", help="send without validating locally first")
     upload.set_defaults(handler=cmd_upload)
     uploads = sub.add_parser("uploads", help="list received uploads: accepted (with decisions) or rejected (why)")
-    uploads.add_argument("--limit", type=int, default=30)
+    uploads.add_argument("--limit", type=int, default=30, help="newest first, at most this many")
+    _formats(uploads)
     uploads.set_defaults(handler=cmd_uploads)
     trace = sub.add_parser("trace", help="everything recorded for one correlation id, in time order")
     trace.add_argument("correlation_id")
@@ -330,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", default="sample_sales.csv")
     sample.set_defaults(handler=cmd_sample)
     aliases = sub.add_parser("aliases", help="alias history of one ISBN")
-    aliases.add_argument("isbn")
+    aliases.add_argument("isbn", type=isbn_argument)
+    _formats(aliases)
     aliases.set_defaults(handler=cmd_aliases)
     limits = sub.add_parser("thresholds", help="recommend gate thresholds per volume/intermittency segment "
                                                "from the registry's history")
@@ -350,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace",
-                                            "thresholds", "cost") else "INFO")
+                                            "thresholds", "cost") else "INFO", stream=sys.stderr)
     return args.handler(args, load_settings(args.profile))
 
 

@@ -40,8 +40,10 @@ class CloudLoggingFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "INFO") -> None:
-    """Idempotent: functions call it at import, workers at start."""
+def configure(level: str = "INFO", stream=None) -> None:
+    """Idempotent: functions call it at import, workers at start. Logs go to stdout (what
+    Cloud Functions forwards to Cloud Logging) unless ``stream`` says otherwise: the CLI
+    keeps stdout for its output."""
     # Libraries that print or configure their own handlers would break one-JSON-object-per-line.
     for key, value in (("MLFLOW_CONFIGURE_LOGGING", "false"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
                        ("ZENML_LOGGING_VERBOSITY", "WARN"), ("ZENML_ENABLE_RICH_TRACEBACK", "false"),
@@ -50,7 +52,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(isinstance(h.formatter, CloudLoggingFormatter) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(CloudLoggingFormatter())
     handler.setLevel(level)  # ZenML names some loggers by file path: filter at the handler
     root.handlers[:] = [handler]
