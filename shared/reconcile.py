@@ -27,8 +27,7 @@ def reconcile(cfg: Settings, store: RunStore, budget_seconds: float = BUDGET_SEC
     from shared.trigger import DECIDING, handle_upload, upload_cause_key
 
     deadline = time.monotonic() + budget_seconds
-    blobs = storage_client(cfg.project_id).list_blobs(cfg.data_bucket, prefix=cfg.upload_prefix,
-                                                             page_size=PAGE)
+    blobs = storage_client(cfg.project_id).list_blobs(cfg.data_bucket, prefix=cfg.upload_prefix, page_size=PAGE)
     replayed: list[str] = []
     for page in blobs.pages:
         objects = [GcsObject(bucket=b.bucket.name, name=b.name, generation=str(b.generation), size=b.size or 0,
@@ -50,6 +49,10 @@ def reconcile(cfg: Settings, store: RunStore, budget_seconds: float = BUDGET_SEC
                 log.warning("gs://%s/%s#%s is partly decided; the next tick continues", obj.bucket, obj.name,
                             obj.generation)
                 return replayed + [upload_cause_key(obj)]
+            except Exception:  # one object that fails must not keep the others from being replayed
+                log.exception("replaying gs://%s/%s#%s failed; the next tick tries again", obj.bucket, obj.name,
+                              obj.generation)
+                continue
             log.warning("replayed gs://%s/%s#%s: %s", obj.bucket, obj.name, obj.generation, outcome.status,
                         extra={"cause": upload_cause_key(obj), "outcome": outcome.status})
             replayed.append(upload_cause_key(obj))
