@@ -120,13 +120,20 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
                           "units": rng.integers(0, 5000, 200_000)})
     upload(dry_cfg, "catalogue.csv", frame)
     (message,) = notifications(probe, 1)
-    started = time.monotonic()
-    outcome = handle(dry_cfg, message)
-    seconds = time.monotonic() - started
-    assert outcome.status == "accepted" and len(outcome.decisions) == 400
+    attempts: list[float] = []  # a busy machine may need a redelivery: deciding stops at its budget
+    outcome = None
+    while outcome is None:
+        started = time.monotonic()
+        try:
+            outcome = handle(dry_cfg, message)
+        except Unfinished:
+            pass
+        attempts.append(time.monotonic() - started)
+    seconds = max(attempts)
+    assert outcome.status == "accepted" and len(attempts) <= 3
     store = RunStore(dry_cfg)
     run = store.run(outcome.run_id)
-    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 50
+    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 50 and len(store.decisions(limit=500)) == 400
     cause = store.col("causes").document(f"upload-{message.gcs_object().upload_key}")
     largest_group = 0
     for marker in cause.collection(GROUPS).stream():
@@ -136,10 +143,10 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
         written += [store.get(SNAPSHOTS, marker.to_dict()["snapshot"]), marker.to_dict()]
         largest_group = max(largest_group, sum(stored_bytes(d) for d in written))
     largest_doc = max(stored_bytes(d) for d in [run, cause.get().to_dict()] + [store.series(i) for i in isbns[:5]])
-    print(f"\n400x500 decided in {seconds:.1f}s; largest group commit {largest_group} bytes; "
-          f"largest document {largest_doc} bytes")
+    print(f"\n400x500 decided in {sum(attempts):.1f}s ({len(attempts)} delivery(ies)); largest group commit "
+          f"{largest_group} bytes; largest document {largest_doc} bytes")
     assert largest_group < GRPC_MESSAGE_LIMIT / 4 and largest_doc < FIRESTORE_DOCUMENT_LIMIT / 4
-    assert seconds < 45, "the decision must finish well inside the 60 s ack deadline"
+    assert seconds < 45, "no delivery may hold its push near the 60 s ack deadline"
     job = job_of(dry_cfg, store, outcome.run_id)
     assert len(job.model_dump_json()) < 100_000  # a reference, fit for a Vertex argument
     series = trained_series(job)
