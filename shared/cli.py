@@ -283,6 +283,25 @@ def cmd_thresholds(args, cfg) -> int:
     return 0
 
 
+def cmd_export(args, cfg) -> int:
+    """Write every served ISBN's forecast to the bucket as Parquet and CSV (what the weekly
+    scheduler job does)."""
+    from shared.export import export
+
+    result = export(cfg, _store(cfg), horizon=args.horizon, level=args.interval,
+                    correlation_id=f"cli-export-{uuid.uuid4().hex[:8]}")
+    if args.format == "json":
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    console.print(f"exported {result.isbns} ISBNs ({result.rows} rows) for the week of {result.week} in "
+                  f"{result.seconds:.1f} s:")
+    for uri in result.objects:
+        console.print(f"  {uri}", highlight=False)
+    for isbn, reason in result.left_out.items():
+        console.print(f"[yellow]left out[/] {isbn}: {reason}")
+    return 0
+
+
 def cmd_cost(args, cfg) -> int:
     """The monthly cost estimate of the deployed system, with the prices it assumes."""
     from shared import cost
@@ -383,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                "from the registry's history")
     limits.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
     limits.set_defaults(handler=cmd_thresholds)
+    exporting = sub.add_parser("export", help="write every served ISBN's forecast to the bucket (Parquet and CSV)")
+    exporting.add_argument("--horizon", type=int, default=26, help="weeks ahead (default 26)")
+    exporting.add_argument("--interval", type=float, default=0.8, help="interval level (default 0.8)")
+    exporting.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
+    exporting.set_defaults(handler=cmd_export)
     estimate = sub.add_parser("cost", help="monthly cost estimate of the deployed system, with the unit prices assumed")
     estimate.add_argument("--isbns", type=int, default=1000, help="catalogue size (default 1000)")
     estimate.add_argument("--uploads-per-week", type=float, default=1.0, help="uploads a week, each naming every ISBN")

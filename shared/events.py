@@ -29,6 +29,7 @@ class Topics:
     MODEL_CHANGES = "model-changes"
     REJECTED_INPUT = "rejected-input"
     DEAD_LETTERS = "dead-letters"
+    FORECAST_EXPORTS = "forecast-exports"
 
 
 def utcnow() -> datetime:
@@ -87,6 +88,17 @@ class ModelChange(Event):
     from_version: str | None
     to_version: str
     reason: str = ""
+
+
+class ForecastsExported(Event):
+    """The weekly forecast export is in the bucket (shared/export.py)."""
+    event_type: Literal["forecasts.exported"] = "forecasts.exported"
+    week: str
+    isbns: int
+    rows: int
+    objects: list[str]
+    left_out: dict[str, str] = {}
+    seconds: float = 0.0
 
 
 class RejectedInput(Event):

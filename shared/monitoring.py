@@ -31,6 +31,7 @@ from shared.runstore import RunStore, now
 
 log = get_logger(__name__)
 TICK = "schedule.tick"
+EXPORT_JOB = "forecast-export"  # the scheduler job whose tick writes the weekly forecast export
 DAY = timedelta(days=1)
 FAILED_ISBN_STATUSES = ("failed", "refused")
 MAX_FAILED_RUNS_LISTED = 5
@@ -348,6 +349,11 @@ def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = N
     """Handle one monitor message; returns what it did (retried runs, alerts sent, resolved)."""
     store = store or RunStore(cfg)
     if message.attributes.get("event_type") == TICK:
+        if (message.payload() or {}).get("job") == EXPORT_JOB:
+            from shared.export import export
+
+            exported = export(cfg, store, at=message.publish_time, correlation_id=message.correlation_id or EXPORT_JOB)
+            return {"retried": [], "alerts": [], "sent": [], "resolved": [], "exported": exported.as_dict()}
         return on_tick(cfg, store, message)
     alerts = event_alerts(message)
     sent = [a.key for a in alerts if send(cfg, store, a)]

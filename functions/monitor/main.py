@@ -9,8 +9,10 @@ def handle(cfg, message):
     from shared.monitoring import on_message
 
     result = on_message(cfg, message)
+    exported = result.get("exported")
     return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['resolved'])} resolved, "
-                       f"{len(result['retried'])} run(s) retried", **result}
+                       f"{len(result['retried'])} run(s) retried"
+                       + (f", forecasts of {exported['isbns']} ISBNs exported" if exported else ""), **result}
 
 
 monitor = functions_framework.cloud_event(pubsub_entry("monitor", handle))
