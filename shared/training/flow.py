@@ -104,9 +104,10 @@ def trained(cfg: Settings, series: dict[str, dict]):
     jobs = [(isbn, s["weeks"], s["units"], cfg.training.model_dump_json(), specs.get(isbn)) for isbn, s in series.items()]
     progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
-    # spawn, not fork: the parent holds gRPC channels that do not survive a fork.
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"),
-                               max_tasks_per_child=20)
+    # spawn, not fork: the parent holds gRPC channels that do not survive a fork. No
+    # max_tasks_per_child: on Python 3.11 a pool whose workers retire after N tasks hangs
+    # for good once every worker has retired (a 47-ISBN run stopped at 2 x 20 = 40).
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn"))
     with single_threaded_blas(), progress, pool:
         task = progress.add_task("", total=len(jobs))
         futures = {pool.submit(_train_one, job): job[0] for job in jobs}
