@@ -109,9 +109,10 @@ def on_reconcile_tick(cfg: Settings, store: RunStore, message: PubSubMessage) ->
     parse(ScheduleTick, message)
     replayed = reconcile(cfg, store)
     flushed = leases.flush_follow_ups(store)
-    retried = retry_failed_runs(cfg, store)
+    # trigger_training owns launching: dead and failed runs are retried from its own tick.
+    retried = reap_expired_leases(cfg, store) + retry_failed_runs(cfg, store)
     return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested, "
-                               f"{len(retried)} failed run(s) retried")
+                               f"{len(retried)} dead or failed run(s) retried")
 
 
 ROUTES = {Topics.SALES_UPLOADS: on_upload, Topics.RETRAIN_TICKS: on_tick,

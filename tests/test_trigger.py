@@ -12,7 +12,6 @@ import pytest
 from shared import leases
 from shared.events import PubSubMessage
 from shared.gcs import storage_client
-from shared.monitoring import on_message
 from shared.runstore import RunStore, now
 from shared.sales import to_csv
 from shared.trigger import handle, reap_expired_leases
@@ -121,8 +120,9 @@ def test_expired_lease_fails_the_run_and_retries_it_once(dry_cfg, probe, bucket)
     assert reap_expired_leases(short_lease, store) == []  # not expired yet
     expire_all(store)
     tick = PubSubMessage(message_id="m1", publish_time=now(), attributes={"event_type": "schedule.tick"},
-                         data=b'{"job": "monitor"}')
-    (retry,) = on_message(short_lease, tick)["retried"]  # the monitor's tick reaps dead jobs
+                         data=b'{"job": "reconcile-uploads"}', topic="reconcile-ticks")
+    assert "1 dead or failed run(s) retried" in handle(short_lease, tick).detail  # trigger_training's own tick
+    (retry,) = [r["run_id"] for r in store.runs() if r.get("retry_of") == first.run_id]
     assert store.run(first.run_id)["status"] == "failed"
     assert store.run(retry)["attempt"] == 2 and store.run(retry)["retry_of"] == first.run_id
     expire_all(store)
