@@ -68,8 +68,14 @@ def _train(isbn, start, y, training, gates, champion_spec, now):
     if candidate.status != "trained":  # as the pipeline: nothing new to serve
         return None, False
     passed = gate(candidate, gates).passed
-    model = candidate.model if passed else candidate.baseline_model
-    metrics = candidate.metrics if passed else candidate.baseline_metrics
+    # As the pipeline: the candidate if it passed, else the champion's structure re-estimated,
+    # else (no champion yet) the seasonal-naive baseline.
+    if passed:
+        model, metrics = candidate.model, candidate.metrics
+    elif candidate.champion_refit:
+        model, metrics = candidate.champion_refit, candidate.champion_metrics
+    else:
+        model, metrics = candidate.baseline_model, candidate.baseline_metrics
     tags = {Tags.DATA_HASH: series_hash(_week_dict(start, y)), "metric.mae": str(metrics["mae"]),
             "spec": FittedModel.from_dict(model).spec.to_dict(), Tags.FITTED_AT: now.isoformat()}
     return Served(model, serving_forecast(model), tags, now), passed
@@ -121,17 +127,9 @@ def replay_one(args) -> tuple[Tally, Tally]:
                         Tags.UNSEEN_ABS_ERROR: str(measured.get("unseen_abs_error", 0.0))}
                 champion = Served(model, serving_forecast(model), tags, champion.fitted_at)
             elif decision.action != SKIP:
-                trained, passed = _train(isbn, start, observed, cfg.training, cfg.gates, champion.tags["spec"], now)
-                if trained is not None and passed:
+                trained, _ = _train(isbn, start, observed, cfg.training, cfg.gates, champion.tags["spec"], now)
+                if trained is not None:
                     champion = trained
-                else:  # quarantined: the champion keeps serving, refreshed when it can be
-                    try:
-                        model = models.refresh(FittedModel.from_dict(champion.model), observed).to_dict()
-                        champion = Served(model, serving_forecast(model),
-                                          {**champion.tags, Tags.DATA_HASH: decision.inputs["data_hash"]},
-                                          champion.fitted_at)
-                    except ValueError:
-                        pass
                 versions += 1
                 champion.tags["version"] = str(versions)
             smart.seconds += time.process_time() - began

@@ -84,7 +84,7 @@ class ModelChange(Event):
     isbn: str
     model_name: str
     alias: str
-    action: Literal["promote", "rollback", "baseline", "refresh", "revert"]
+    action: Literal["promote", "rollback", "baseline", "refresh", "refit", "revert"]
     from_version: str | None
     to_version: str
     reason: str = ""

@@ -62,7 +62,7 @@ def test_upload_then_new_weeks_then_a_resend_train_refresh_skip(cfg, probe, trig
     assert len(store.runs()) == 2
 
 
-def test_a_quarantined_retrain_still_leaves_a_fresh_forecast_served(cfg, probe, tmp_path):
+def test_a_quarantined_retrain_re_estimates_the_champion_so_a_fresh_forecast_is_served(cfg, probe, tmp_path):
     frame = sample(1, years=2.5, seed=47)
     isbn = frame["isbn"].iloc[0]
     history = frame[frame["week"] <= frame["week"].max() - timedelta(weeks=8)]
@@ -74,9 +74,11 @@ def test_a_quarantined_retrain_still_leaves_a_fresh_forecast_served(cfg, probe, 
     _, second = run_training(impossible, [write_csv(history, tmp_path, "history.csv"),
                                           write_csv(frame, tmp_path, "all.csv")])
     result = second["results"][0]
-    assert result["status"] == "quarantined" and f"champion v{served.version} refreshed" in result["reason"]
+    assert result["status"] == "quarantined" and f"champion v{served.version} re-estimated" in result["reason"]
     now_served = model_store.resolve(cfg, isbn)
-    assert now_served.tags[Tags.KIND] == "refresh" and now_served.tags[Tags.REFRESHES] == served.version
+    assert now_served.tags[Tags.KIND] == "refit" and now_served.tags[Tags.REFRESHES] == served.version
+    assert now_served.tags["family"] == served.tags["family"]
+    assert now_served.tags[Tags.FITTED_AT] > served.tags[Tags.FITTED_AT]  # new parameters: no retrain loop for age
     assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)
 
 

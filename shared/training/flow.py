@@ -56,6 +56,7 @@ def preprocess(valid: dict[str, dict]) -> dict[str, dict]:
 
 
 # --- train, gate, register, promote: each ISBN as soon as it is ready -------------------------
+REFIT = "refit"  # kind and alias action: the champion's structure re-estimated after a candidate lost to it
 REGISTRATION_THREADS = 4  # registration is MLflow round trips: overlap them with each other and with training
 
 
@@ -195,12 +196,12 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     reason = "quarantined: " + "; ".join(verdict.reasons)
     champion = registry.version_by_alias(cfg, candidate.isbn)
     if champion is not None:
-        # The champion keeps serving, so it must be conditioned on the new weeks too.
-        stale_served = champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
-        refreshed = refresh_candidate(cfg, candidate.isbn, info, Refresh(version=champion.version)) if stale_served else None
-        if refreshed is not None:
-            register_refresh(cfg, store, request, refreshed, info, Refresh(version=champion.version))
-            reason += f"; champion v{champion.version} refreshed on the new weeks"
+        # The champion's structure won, so it keeps serving, re-estimated on the decided
+        # series: its forecast starts after the newest week, and its parameters are new, so
+        # the next decision does not retrain it again for their age.
+        if candidate.champion_refit:
+            refit = register_refit(cfg, store, request, candidate, info, champion)
+            reason += f"; champion v{champion.version} re-estimated on the new data as v{refit}"
         return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
@@ -216,6 +217,24 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     return IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version, mlflow_run_id=baseline.run_id,
                       reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
                       metrics=_round(candidate.metrics))
+
+
+def register_refit(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:
+    """Register the champion's structure re-estimated on all the decided data and serve it."""
+    from shared import registry
+
+    carried = {k: champion.tags[k] for k in ("family", "spec", "baseline") if k in champion.tags}
+    registration = registry.register(
+        cfg, candidate.isbn, candidate.champion_refit, serving_forecast(candidate.champion_refit),
+        params={"kind": REFIT, "refits": champion.version, "family": carried.get("family", "")},
+        metrics=candidate.champion_metrics,
+        tags={**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks), **carried,
+              Tags.KIND: REFIT, Tags.REFRESHES: champion.version, Tags.FITTED_AT: datetime.now(timezone.utc).isoformat(),
+              "quarantined": "false"})
+    registry.move_alias(cfg, store, candidate.isbn, registration.version, REFIT,
+                        f"the candidate lost to v{champion.version}, whose structure is re-estimated on the new data",
+                        "training", request["correlation_id"])
+    return registration.version
 
 
 def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) -> Candidate | None:

@@ -32,6 +32,7 @@ class Candidate:
     metrics: dict = field(default_factory=dict)
     baseline_metrics: dict = field(default_factory=dict)
     champion_metrics: dict = field(default_factory=dict)
+    champion_refit: dict = field(default_factory=dict)  # the champion's structure re-estimated on all data
     study: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)           # FittedModel on all data
     baseline_model: dict = field(default_factory=dict)  # seasonal naive on all data
@@ -107,10 +108,15 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         baseline = ModelSpec(kind=BASELINE)
         naive_cv = baseline_scores(y, start, cut)
         baseline_metrics, _, naive_holdout = evaluate(baseline, y, start, cut, calibration.interval_scale(naive_cv))
-        champion_metrics = {}
+        champion_metrics, champion_refit = {}, {}
         if champion_spec:
-            # The champion's structure refitted on the same window: the fair comparison.
-            champion_metrics, _, _ = evaluate(ModelSpec.from_dict(champion_spec), y, start, cut)
+            # The champion's structure refitted on the same window: the fair comparison. Also
+            # re-estimated on all data: if the candidate loses, that is what serves next.
+            champion = ModelSpec.from_dict(champion_spec)
+            champion_metrics, _, champion_scores = evaluate(champion, y, start, cut)
+            refit = models.fit(y, start, champion)
+            refit.interval_scale = calibration.interval_scale(champion_scores)
+            champion_refit = refit.to_dict()
         final = models.fit(y, start, spec)
         final.interval_scale = calibration.interval_scale(np.concatenate([cv_scores, holdout_scores]))
         candidate.serving = serving_forecast(final.to_dict())  # also proves the final model forecasts
@@ -122,6 +128,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         candidate.metrics = metrics
         candidate.baseline_metrics = baseline_metrics
         candidate.champion_metrics = champion_metrics
+        candidate.champion_refit = champion_refit
         candidate.study = study
         candidate.model = final.to_dict()
         candidate.baseline_model = naive_final.to_dict()
