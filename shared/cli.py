@@ -27,7 +27,7 @@ def _store(cfg):
 
 
 def cmd_train(args, cfg) -> int:
-    from shared.jobs import DecidedSeries, decided_from_files, prepare_run
+    from shared.jobs import decided, decided_from_files, prepare_run
     from shared.launch import launcher_for
     from shared.sales import UploadRejected, UploadRules
     from shared.training.worker import execute
@@ -39,9 +39,6 @@ def cmd_train(args, cfg) -> int:
         except UploadRejected as rejected:
             console.print("[red]" + "\n".join(rejected.reasons) + "[/]")
             return 2
-        for isbn, problem in problems.items():
-            console.print(f"[yellow]{isbn} not trained[/]: {problem}")
-        series = {i: s for i, s in series.items() if not args.isbn or i in args.isbn}
     else:
         stored = store.all_series()
         isbns = args.isbn or sorted(stored)
@@ -49,7 +46,10 @@ def cmd_train(args, cfg) -> int:
         if unknown or not isbns:
             console.print(f"[red]no uploaded data for {unknown or 'any ISBN'}[/]: upload first or pass --file")
             return 2
-        series = {i: DecidedSeries.of(stored[i]["weeks"], stored[i]["sources"]) for i in isbns}
+        series, problems = decided({i: (stored[i]["weeks"], stored[i]["sources"]) for i in isbns})
+    for isbn, problem in problems.items():
+        console.print(f"[yellow]{isbn} not trained[/]: {problem}")
+    series = {i: s for i, s in series.items() if not args.isbn or i in args.isbn}
     correlation_id = f"cli-{uuid.uuid4().hex[:12]}"
     cause = {"kind": "forced", "key": correlation_id, "forced": True, "by": "bookcast train"}
     launcher = args.launcher or "local"

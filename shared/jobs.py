@@ -146,13 +146,20 @@ def decided_from_files(paths: list[str], rules: sales.UploadRules) -> tuple[dict
 
     uploads = [(f"file-{position:06d}", sales.parse_upload(f"{rules.prefix}{Path(p).name}", Path(p).read_bytes(), rules))
                for position, p in enumerate(paths)]
+    return decided({isbn: (merged.weeks, [str(Path(p).resolve()) for p, (_, rows) in zip(paths, uploads)
+                                          if isbn in set(rows["isbn"])])
+                    for isbn, merged in sales.merge_uploads(uploads).items()})
+
+
+def decided(weeks_and_sources: dict[str, tuple[dict[str, int], list[str]]]) -> tuple[dict[str, DecidedSeries],
+                                                                                      dict[str, str]]:
+    """Per ISBN its DecidedSeries, or the problem that keeps it from being trained."""
     series, problems = {}, {}
-    for isbn, merged in sales.merge_uploads(uploads).items():
-        sources = [str(Path(p).resolve()) for p, (_, rows) in zip(paths, uploads) if isbn in set(rows["isbn"])]
+    for isbn, (weeks, sources) in weeks_and_sources.items():
         try:
-            series[isbn] = DecidedSeries.of(merged.weeks, sources)
+            series[isbn] = DecidedSeries.of(weeks, sources)
         except ValueError:
-            problems[isbn] = "series has missing weeks between the files: send those weeks to train"
+            problems[isbn] = "series has missing weeks: send those weeks to train"
     return series, problems
 
 

@@ -250,3 +250,19 @@ def test_an_expired_lease_of_a_run_never_created_does_not_block_the_isbn(dry_cfg
     outcome = handle(dry_cfg, notifications(probe, 1)[0])
     assert outcome.status == "accepted" and store.get("leases", isbn)["run_id"] == outcome.run_id
     assert store.run("run-never-created") is None
+
+
+def test_cli_train_leaves_out_a_stored_series_with_gaps_and_says_why(cfg, monkeypatch, capsys):
+    from shared.cli import main
+
+    store = RunStore(cfg)
+    whole = {f"2026-{m:02d}-{d:02d}": 5 for m, d in ((11, 2), (11, 9), (11, 16))}
+    store.col("series").document("9780306406157").set({"isbn": "9780306406157", "weeks": whole, "sources": ["a"]})
+    store.col("series").document("9781566851718").set({"isbn": "9781566851718", "sources": ["b"],
+                                                       "weeks": {"2026-11-02": 1, "2026-11-16": 1}})
+    for key, value in {"BOOKCAST_PROJECT_ID": cfg.project_id, "BOOKCAST_STATE_DIR": cfg.state_dir}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["train", "--launcher", "vertex"]) == 0  # a dry run: the request is written, nothing trains
+    assert "9781566851718 not trained: series has missing weeks" in capsys.readouterr().out
+    (run,) = store.runs()
+    assert run["isbns"] == ["9780306406157"]
