@@ -1,9 +1,8 @@
 """Batch export by alias: every served ISBN's forecast, as Parquet and CSV, in the bucket
 (``forecasts/<week>/forecasts.parquet|csv``), for planners and downstream systems.
 
-Which version serves each ISBN comes from the registry (one paged alias search); its
-forecast and lineage from the champion index (batched Firestore reads), re-indexed from the
-registry where the index is behind. Every ISBN's forecast is validated as the serving path
+Which version serves each ISBN, its forecast and lineage come from shared/champions.py (one
+paged registry search, then the champion index in batched Firestore reads). Every ISBN's forecast is validated as the serving path
 would serve it, and the table as a whole before anything is written; an ISBN that fails is
 left out and named in the announcement. The export is announced on ``forecast-exports``.
 """
@@ -15,7 +14,6 @@ from datetime import date, datetime, timedelta, timezone
 
 import pandas as pd
 
-from shared import model_store
 from shared.config import Settings
 from shared.forecasting.serving import from_artifact, serving_problems
 from shared.logs import get_logger
@@ -45,21 +43,11 @@ def current_week(at: datetime | None = None) -> date:
 
 def served_forecasts(cfg: Settings, store) -> tuple[dict[str, tuple], dict[str, str]]:
     """(target, serving artifact) of every served ISBN, and the ISBNs left out with why."""
-    from shared.registry import index_champion
+    from shared import champions
 
-    versions = model_store.champion_versions(cfg)
-    entries = store.champions(sorted(versions))
-    behind = [i for i in versions if entries.get(i, {}).get("version") != versions[i]]
-    for isbn in behind:  # an alias moved outside bookcast, or an index write that failed
-        index_champion(cfg, store, isbn)
-    entries.update(store.champions(behind))
     served, left_out = {}, {}
-    for isbn in sorted(versions):
-        if isbn not in entries:
-            left_out[isbn] = "its served version could not be read from the registry"
-            continue
-        target, forecast = model_store.from_index(isbn, entries[isbn])
-        problems = serving_problems(forecast)
+    for isbn, (target, forecast) in champions.served(cfg, store).items():
+        problems = serving_problems(forecast) if forecast is not None else ["its served version could not be read"]
         if problems:
             left_out[isbn] = "; ".join(problems)
         else:

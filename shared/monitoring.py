@@ -239,13 +239,16 @@ def in_first_training(store: RunStore) -> set[str]:
 
 
 def survey_models(cfg: Settings, store: RunStore) -> tuple[Findings, Fleet]:
+    from shared import champions
+
     training = in_first_training(store)
+    isbns = sorted(store.series_isbns())
+    served = champions.served(cfg, store, isbns)  # one registry search and batched reads, not a look-up per ISBN
 
     def check(isbn: str) -> tuple[AliasTarget | None, Findings]:
-        target = model_store.resolve(cfg, isbn)
+        target = served[isbn][0]
         return target, model_findings(cfg, store, isbn, target, isbn in training)
 
-    isbns = sorted(store.series_isbns())
     found, fleet = Findings(), Fleet(with_data=len(isbns))
     with ThreadPoolExecutor(max_workers=8) as pool:
         for isbn, (target, findings) in zip(isbns, pool.map(check, isbns)):

@@ -158,7 +158,7 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
         else:
             from shared import model_store
 
-            store.record_champion(isbn, model_store.index_entry(target, forecast))
+            store.record_champion(isbn, model_store.index_entry(target, forecast))  # see shared/champions.py
     return previous
 
 
@@ -200,16 +200,9 @@ def _revert(cfg: Settings, store, isbn: str, alias: str, failed: str, previous: 
     log.error("alias %s of %s reverted %s -> %s: %s", alias, name, failed, previous, reason, extra={"isbn": isbn})
     _announce(cfg, correlation_id, isbn, name, alias, REVERT, failed, previous or "", reason)
     if previous is not None:
-        index_champion(cfg, store, isbn)
+        from shared import champions
 
-
-def index_champion(cfg: Settings, store, isbn: str) -> None:
-    """Write the ISBN's entry in the champion index (runstore.record_champion)."""
-    from shared import model_store
-
-    target = model_store.resolve(cfg, isbn)
-    if target is not None:
-        store.record_champion(isbn, model_store.index_entry(target, model_store.serving_forecast(cfg, target.run_id)))
+        champions.index(cfg, store, isbn)
 
 
 def served_isbns(cfg: Settings) -> list[str]:

@@ -24,6 +24,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import leases, model_store, sales
 from shared.config import Settings
+from shared import champions
 from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
 from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
                            TrainingRequest)
@@ -207,37 +208,6 @@ class Upload:
     source: str
 
 
-def champions(cfg: Settings, store: RunStore, isbns: list[str], versions: dict[str, str]) -> dict[str, tuple]:
-    """Each ISBN's champion and its serving forecast. ``versions`` (one paged registry search
-    per cause) says which version serves; the champion index in Firestore has its tags and
-    forecast, read in batches. Only an ISBN whose index entry is missing or behind (an alias
-    moved outside bookcast) costs registry round trips, and its entry is rewritten."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    served = [i for i in isbns if i in versions]
-    indexed = store.champions(served)
-    found = {i: (None, None) for i in isbns}
-    stale = []
-    for isbn in served:
-        entry = indexed.get(isbn)
-        if entry and entry["version"] == versions[isbn]:
-            found[isbn] = model_store.from_index(isbn, entry)
-        else:
-            stale.append(isbn)
-
-    def lookup(isbn: str) -> tuple:
-        target = model_store.resolve(cfg, isbn)
-        if target is None:
-            return None, None
-        forecast = model_store.serving_forecast(cfg, target.run_id)
-        store.record_champion(isbn, model_store.index_entry(target, forecast))
-        return target, forecast
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        found.update(zip(stale, pool.map(lookup, stale)))
-    return found
-
-
 def open_cause(store: RunStore, cause: Cause, isbns: list[str]) -> dict:
     """The cause's document, created on first sight with the run id and the ISBNs its
     groups are made of, so every resumption cuts the same groups."""
@@ -308,7 +278,7 @@ def group_id(index: int) -> str:
 def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, index: int, isbns: list[str],
                  upload: Upload | None, versions: dict[str, str]) -> list[Decision]:
     """Merge, decide, lease and snapshot one group of ISBNs, with its marker: atomically."""
-    current = champions(cfg, store, isbns, versions)  # outside the transaction: MLflow is not transactional
+    current = champions.served(cfg, store, isbns, versions)  # outside the transaction: MLflow is not transactional
     decided_at = now()
 
     def apply(transaction) -> list[Decision]:

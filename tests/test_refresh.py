@@ -85,7 +85,7 @@ def test_a_quarantined_retrain_re_estimates_the_champion_so_a_fresh_forecast_is_
 def test_decisions_read_champions_from_the_index_and_heal_it(cfg, probe, tmp_path):
     """A catalogue is decided from the champion index (batched Firestore reads), not two
     registry round trips per ISBN; an alias moved outside bookcast is noticed and re-indexed."""
-    from shared.trigger import champions
+    from shared import champions
 
     frame = sample(2, years=2, seed=53)
     isbns = sorted(frame["isbn"].unique())
@@ -104,6 +104,6 @@ def test_decisions_read_champions_from_the_index_and_heal_it(cfg, probe, tmp_pat
                               model_store.serving_forecast(cfg, model_store.resolve(cfg, moved).run_id),
                               params={}, metrics={}, tags={"kind": "baseline"}).version
     registry.client(cfg).set_registered_model_alias(cfg.model_name(moved), "champion", naive)  # behind bookcast's back
-    found = champions(cfg, store, isbns, model_store.champion_versions(cfg))
+    found = champions.served(cfg, store, isbns)
     assert found[moved][0].version == naive and store.champions([moved])[moved]["version"] == naive
     assert found[isbns[1]][0].version == versions[isbns[1]]

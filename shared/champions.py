@@ -1,0 +1,44 @@
+"""Which version serves each ISBN, with its tags and serving forecast, for a whole catalogue
+at once: one paged registry search for the serving alias (1,000 models a page), then the
+champion index in Firestore (runstore.record_champion, written at every alias move) in
+batched reads. Only an ISBN whose entry is missing or behind (an alias moved outside
+bookcast) costs registry round trips, and its entry is rewritten. Decisions, the monitor
+and the export all read champions this way.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from shared import model_store
+from shared.config import Settings
+
+
+def index(cfg: Settings, store, isbn: str, target=None):
+    """Write the ISBN's index entry from the registry; its (target, forecast)."""
+    target = target or model_store.resolve(cfg, isbn)
+    if target is None:
+        return None, None
+    forecast = model_store.serving_forecast(cfg, target.run_id)
+    store.record_champion(isbn, model_store.index_entry(target, forecast))
+    return target, forecast
+
+
+def served(cfg: Settings, store, isbns: list[str] | None = None,
+           versions: dict[str, str] | None = None) -> dict[str, tuple]:
+    """(target, serving forecast) per ISBN; (None, None) for one that nothing serves.
+    ``isbns`` defaults to every served ISBN; ``versions`` to a fresh registry search."""
+    versions = model_store.champion_versions(cfg) if versions is None else versions
+    isbns = sorted(versions) if isbns is None else isbns
+    wanted = [i for i in isbns if i in versions]
+    entries = store.champions(wanted)
+    found = {i: (None, None) for i in isbns}
+    behind = []
+    for isbn in wanted:
+        entry = entries.get(isbn)
+        if entry and entry["version"] == versions[isbn]:
+            found[isbn] = model_store.from_index(isbn, entry)
+        else:
+            behind.append(isbn)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found.update(zip(behind, pool.map(lambda i: index(cfg, store, i), behind)))
+    return found
