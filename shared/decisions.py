@@ -47,6 +47,13 @@ def degradation(weeks: dict[str, int], champion: AliasTarget, forecast: dict) ->
             "ratio": round(mae / champion.holdout_mae, 3) if champion.holdout_mae > 0 else float("inf")}
 
 
+def parameter_age_days(tags: dict, created_at: datetime, now: datetime) -> float:
+    """How old a version's parameters are: since they were estimated (``fitted_at``, which
+    refreshes carry over), not since the version was registered."""
+    fitted_at = tags.get(Tags.FITTED_AT)
+    return (now - (datetime.fromisoformat(fitted_at) if fitted_at else created_at)).total_seconds() / 86400
+
+
 def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forecast: dict | None,
            policy: DecisionSettings, forced: bool, now: datetime) -> Decision:
     """skip: the data is what the served forecast is conditioned on, and the model is healthy;
@@ -62,9 +69,7 @@ def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forec
         reasons.append("no model yet")
         return Decision(isbn, TRAIN, reasons, inputs)
     data_end = (forecast or {}).get("data_end") or champion.tags.get("train_window_end", "")
-    fitted_at = champion.tags.get(Tags.FITTED_AT)
-    fitted = datetime.fromisoformat(fitted_at) if fitted_at else champion.created_at
-    age_days = (now - fitted).total_seconds() / 86400
+    age_days = parameter_age_days(champion.tags, champion.created_at, now)
     inputs.update({"champion_version": champion.version, "champion_data_hash": champion.tags.get("data_hash"),
                    "champion_data_end": data_end, "champion_age_days": round(age_days, 2),
                    "champion_kind": champion.tags.get("kind", "candidate")})

@@ -14,6 +14,7 @@ from multiprocessing import get_context
 
 from shared.config import Settings
 from shared.events import IsbnResult, TrainingEvent
+from shared.decisions import parameter_age_days
 from shared.forecasting import gates
 from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
 from shared.registry import Tags
@@ -196,10 +197,14 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     reason = "quarantined: " + "; ".join(verdict.reasons)
     champion = registry.version_by_alias(cfg, candidate.isbn)
     if champion is not None:
-        # The champion's structure won, so it keeps serving, re-estimated on the decided
-        # series: its forecast starts after the newest week, and its parameters are new, so
-        # the next decision does not retrain it again for their age.
-        if candidate.champion_refit:
+        # The champion's structure won, so it keeps serving. If its data is behind or its
+        # parameters are past the age limit, it is re-estimated on the decided series: its
+        # forecast starts after the newest week, and the next decision does not retrain it
+        # again for the parameters' age.
+        created = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, timezone.utc)
+        behind = (champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
+                  or parameter_age_days(champion.tags, created, datetime.now(timezone.utc)) > cfg.decision.max_model_age_days)
+        if candidate.champion_refit and behind:
             refit = register_refit(cfg, store, request, candidate, info, champion)
             reason += f"; champion v{champion.version} re-estimated on the new data as v{refit}"
         return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
