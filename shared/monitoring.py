@@ -330,9 +330,6 @@ def summary_due(cfg: Settings, store: RunStore, at: datetime) -> bool:
 
 # --- entry ----------------------------------------------------------------------------------
 def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> dict:
-    from shared.trigger import reap_expired_leases
-
-    retried = reap_expired_leases(cfg, store)
     reachable = model_store.healthy(cfg)
     found = health_findings(cfg, reachable)
     found.alerts += failed_run_alerts(cfg, store)
@@ -345,19 +342,21 @@ def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> dict:
     # Once a day: the key names the day, and no dedup window shorter than a day may resend it.
     if summary_due(cfg, store, at) and send(cfg, store, daily_summary(store, at, fleet), DAY // timedelta(minutes=1)):
         outcome["sent"].append(summary_key(at))
-    return {"retried": retried, "alerts": [a.key for a in found.alerts], **outcome}
+    return {"alerts": [a.key for a in found.alerts], **outcome}
 
 
 def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = None) -> dict:
-    """Handle one monitor message; returns what it did (retried runs, alerts sent, resolved)."""
+    """Handle one monitor message; returns what it did (alerts sent, resolved, an export).
+    It reports only: dead jobs are reaped and retried by trigger_training's reconcile tick,
+    the one owner of launching."""
     store = store or RunStore(cfg)
     if message.attributes.get("event_type") == TICK:
         if (message.payload() or {}).get("job") == EXPORT_JOB:
             from shared.export import export
 
             exported = export(cfg, store, at=message.publish_time, correlation_id=message.correlation_id or EXPORT_JOB)
-            return {"retried": [], "alerts": [], "sent": [], "resolved": [], "exported": exported.as_dict()}
+            return {"alerts": [], "sent": [], "resolved": [], "exported": exported.as_dict()}
         return on_tick(cfg, store, message)
     alerts = event_alerts(message)
     sent = [a.key for a in alerts if send(cfg, store, a)]
-    return {"retried": [], "alerts": [a.key for a in alerts], "sent": sent, "resolved": []}
+    return {"alerts": [a.key for a in alerts], "sent": sent, "resolved": []}

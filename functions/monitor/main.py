@@ -10,8 +10,7 @@ def handle(cfg, message):
 
     result = on_message(cfg, message)
     exported = result.get("exported")
-    return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['resolved'])} resolved, "
-                       f"{len(result['retried'])} run(s) retried"
+    return {"summary": f"{len(result['sent'])} alert(s) sent, {len(result['resolved'])} resolved"
                        + (f", forecasts of {exported['isbns']} ISBNs exported" if exported else ""), **result}
 
 
