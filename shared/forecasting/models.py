@@ -102,10 +102,11 @@ class ModelSpec:
             return f"ETS(A,{trend},{'A' if self.seasonal else 'N'}), {self.transform}"
         if self.kind == "theta":
             return f"Theta{', deseasonalised' if self.seasonal else ''}, {self.transform}"
-        seasonal = f"x{self.seasonal_order}" if any(self.seasonal_order) else ""
-        terms = (([f"{self.fourier} Fourier pairs"] if self.fourier and self.kind == "harmonic_arima" else [])
-                 + (["Christmas peak"] if self.holiday else []))
-        return f"ARIMA({self.p},{self.d},{self.q}){seasonal}" + "".join(f" + {t}" for t in terms) + f", {self.transform}"
+        if self.kind == "sarima":
+            P, D, Q, season = self.seasonal_order
+            return f"SARIMA({self.p},{self.d},{self.q})({P},{D},{Q}){season}, {self.transform}"
+        terms = (([f"{self.fourier} Fourier pairs"] if self.fourier else []) + (["Christmas peak"] if self.holiday else []))
+        return f"ARIMA({self.p},{self.d},{self.q})" + "".join(f" + {t}" for t in terms) + f", {self.transform}"
 
 
 def calibrated_multiplier(level: float, interval_scale: list[list[float]] | None) -> float:
