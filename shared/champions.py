@@ -13,13 +13,18 @@ from shared import model_store
 from shared.config import Settings
 
 
-def index(cfg: Settings, store, isbn: str, target=None):
+def record(store, isbn: str, target, forecast: dict) -> None:
+    """Write the ISBN's index entry for a served version already read from the registry."""
+    store.record_champion(isbn, model_store.index_entry(target, forecast))
+
+
+def index(cfg: Settings, store, isbn: str):
     """Write the ISBN's index entry from the registry; its (target, forecast)."""
-    target = target or model_store.resolve(cfg, isbn)
+    target = model_store.resolve(cfg, isbn)
     if target is None:
         return None, None
     forecast = model_store.serving_forecast(cfg, target.run_id)
-    store.record_champion(isbn, model_store.index_entry(target, forecast))
+    record(store, isbn, target, forecast)
     return target, forecast
 
 

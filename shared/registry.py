@@ -156,9 +156,9 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
         if problems:
             _revert(cfg, store, isbn, alias, str(to_version), previous, problems, correlation_id)
         else:
-            from shared import model_store
+            from shared import champions
 
-            store.record_champion(isbn, model_store.index_entry(target, forecast))  # see shared/champions.py
+            champions.record(store, isbn, target, forecast)
     return previous
 
 
