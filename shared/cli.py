@@ -204,32 +204,17 @@ def cmd_uploads(args, cfg) -> int:
 
 def cmd_trace(args, cfg) -> int:
     """One upload (or any cause) through every step: Firestore records, then log lines."""
-    records = _store(cfg).by_correlation(args.correlation_id)
-    timeline = []
-    for cause in records["causes"]:
-        what = cause.get("object") or cause.get("job") or cause.get("requested_by", "")
-        timeline.append((cause["received_at"], "cause", f"{cause['kind']} {what}: {cause['status']}"
-                         + (f" ({'; '.join(cause['reasons'][:3])})" if cause.get("reasons") else "")))
-    for d in records["decisions"]:
-        timeline.append((d["decided_at"], "decision", f"{d['isbn']} {d['action']}: {'; '.join(d['reasons'])}"))
-    for run in records["runs"]:
-        timeline.append((run["created_at"], "run", f"{run['run_id']} queued for {len(run['isbns'])} ISBN(s)"))
-        if run.get("started_at"):
-            timeline.append((run["started_at"], "run", f"{run['run_id']} started ({run.get('launcher')})"))
-        if run.get("finished_at"):
-            versions = ", ".join(f"{i}:v{v}" for i, v in (run.get("mlflow_versions") or {}).items())
-            timeline.append((run["finished_at"], "run", f"{run['run_id']} {run['status']} {versions}".strip()))
-    for move in records["alias_history"]:
-        timeline.append((move["at"], "alias", f"{move['isbn']} {move['alias']} v{move['from_version']} → "
-                                              f"v{move['to_version']} ({move['action']})"))
+    from shared.trace import timeline as trace_timeline
+
+    timeline = trace_timeline(_store(cfg), args.correlation_id)
     if not timeline:
         console.print(f"nothing recorded for {args.correlation_id} in project {cfg.project_id}")
         return 1
     table = Table(title=f"trace of {args.correlation_id}")
     for column in ("time (UTC)", "step", "what"):
         table.add_column(column, overflow="fold")
-    for at, step, what in sorted(timeline, key=lambda t: t[0]):
-        table.add_row(f"{at:%H:%M:%S.%f}"[:-3], step, what)
+    for step in timeline:
+        table.add_row(f"{step.at:%H:%M:%S.%f}"[:-3], step.step, step.what)
     console.print(table)
     logs = Path(cfg.state_dir) / "logs"
     if logs.is_dir():
