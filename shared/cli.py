@@ -312,6 +312,18 @@ def cmd_cost(args, cfg) -> int:
     return 0
 
 
+def cmd_token(args, cfg) -> int:
+    """An ID token from the local stack's signing key, for the operator routes
+    (rollback): `curl -H "Authorization: Bearer $(bookcast token --audience URL)" ...`."""
+    from shared import identity
+
+    if cfg.identity.issuer != "local":
+        print("this profile trusts Google-signed tokens: use `gcloud auth print-identity-token`", file=sys.stderr)
+        return 2
+    print(identity.mint_local_token(cfg, args.audience, email=args.email, lifetime_seconds=args.lifetime))
+    return 0
+
+
 def isbn_argument(raw: str) -> str:
     """An ISBN as given on the command line (hyphens and spaces allowed, as in uploads),
     normalised; a wrong one ends the command with exit status 2 and the reason."""
@@ -330,6 +342,8 @@ def _formats(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import version
+
+    from shared.identity import LOCAL_CALLER
 
     parser = argparse.ArgumentParser(prog="bookcast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"bookcast {version('bookcast')}")
@@ -400,13 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--forecast-requests", type=float, default=100_000, help="forecast API calls a month")
     estimate.add_argument("--format", choices=["table", "json"], default="table", help="output format (json: stdout only)")
     estimate.set_defaults(handler=cmd_cost)
+    token = sub.add_parser("token", help="mint a local ID token for an operator route (the local stack's key)")
+    token.add_argument("--audience", required=True, help="the function's URL, e.g. http://127.0.0.1:8084")
+    token.add_argument("--email", default=LOCAL_CALLER, help="the caller the token names")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(handler=cmd_token)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace",
-                                            "thresholds", "cost") else "INFO", stream=sys.stderr)
+                                            "thresholds", "cost", "token") else "INFO", stream=sys.stderr)
     return args.handler(args, load_settings(args.profile))
 
 

@@ -84,6 +84,17 @@ class AlertSettings(BaseModel):
                                                                          "neither holdout has zero weeks")
 
 
+class IdentitySettings(BaseModel):
+    """Who may call the operator routes (shared/identity.py). ``google``: Google-signed ID
+    tokens (the cloud); ``local``: tokens signed by the local stack's key."""
+    issuer: Literal["google", "local"] = "local"
+    audiences: list[str] = Field([], description="the function's URL(s): tokens minted for anything else are refused")
+    allowed_callers: list[str] = Field([], description="emails or 'domain:example.com'; empty: anyone the "
+                                                        "function's invoker IAM lets in")
+    local_keys_dir: str | None = Field(None, description="the local signing key; default <state_dir>/identity")
+    google_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+
+
 class CostSettings(BaseModel):
     """Unit prices `bookcast cost` assumes: USD list prices for europe-west1 as we read them,
     without free tiers or committed-use discounts. Check them against the billing account
@@ -113,6 +124,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
         "training": {"trials": 40},
         "launcher": "vertex",
         "vertex": {"dry_run": False},
+        "identity": {"issuer": "google"},
     },
 }
 
@@ -138,6 +150,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     vertex: VertexSettings = VertexSettings()
     alerts: AlertSettings = AlertSettings()
+    identity: IdentitySettings = IdentitySettings()
     cost: CostSettings = CostSettings()
 
     @classmethod

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shared import isbn as isbn_rules
 from shared import registry
 from shared.config import Settings
+from shared.identity import Caller
 from shared.logs import get_logger
 from shared.runstore import RunStore, now
 
@@ -24,13 +25,14 @@ log = get_logger(__name__)
 class RollbackRequest(BaseModel):
     """Sizes are bounded here, before any side effect: the reason and actor are written to
     MLflow tags, alias history, the audit record and alerts, and a 1 MB reason once failed
-    after the alias had moved, with nothing recorded."""
+    after the alias had moved, with nothing recorded. ``actor`` is what the caller says about
+    itself: kept as a note; who called is the verified identity."""
     model_config = ConfigDict(extra="forbid")
     isbns: list[str] = Field([], max_length=1000)
     all: bool = False
     to: str = Field("previous", description="a version number, 'previous' or 'last_known_good'")
     reason: str = Field(min_length=3, max_length=2000)
-    actor: str = Field("unknown", max_length=200)
+    actor: str | None = Field(None, max_length=200)
     request_id: str | None = Field(None, max_length=200)
     allow_quarantined: bool = False
 
@@ -96,8 +98,9 @@ def choose_target(cfg: Settings, store: RunStore, isbn: str, current: str | None
     return None, "no earlier version that passed the gates"
 
 
-def rollback(cfg: Settings, request: RollbackRequest, store: RunStore | None = None,
+def rollback(cfg: Settings, request: RollbackRequest, caller: Caller, store: RunStore | None = None,
              correlation_id: str | None = None) -> dict:
+    """``caller`` is the verified identity (shared/identity.py) recorded as the actor."""
     store = store or RunStore(cfg)
     audit_id = request.request_id or f"rollback-{uuid.uuid4().hex[:12]}"
     done = store.get("audit", audit_id)
@@ -108,7 +111,7 @@ def rollback(cfg: Settings, request: RollbackRequest, store: RunStore | None = N
     backup = {isbn: getattr(registry.version_by_alias(cfg, isbn), "version", None) for isbn in isbns}
     backup_id = f"{audit_id}-backup"
     store.col("alias_backups").document(backup_id).set({"alias": cfg.serving.alias, "targets": backup, "at": now(),
-                                                        "actor": request.actor, "audit_id": audit_id})
+                                                        "actor": caller.email, "audit_id": audit_id})
     outcomes = []
     for isbn in isbns:
         current = backup[isbn]
@@ -120,7 +123,7 @@ def rollback(cfg: Settings, request: RollbackRequest, store: RunStore | None = N
             outcomes.append(IsbnRollback(isbn=isbn, status="unchanged", from_version=current, to_version=target,
                                          detail=f"already serving v{target}"))
             continue
-        registry.move_alias(cfg, store, isbn, target, "rollback", f"{request.reason} ({why})", request.actor,
+        registry.move_alias(cfg, store, isbn, target, "rollback", f"{request.reason} ({why})", caller.email,
                             correlation_id)
         verified = getattr(registry.version_by_alias(cfg, isbn), "version", None)
         status = "rolled_back" if verified == target else "failed"
@@ -129,7 +132,8 @@ def rollback(cfg: Settings, request: RollbackRequest, store: RunStore | None = N
     result = {"audit_id": audit_id, "backup_id": backup_id, "ok": all(o.status != "failed" for o in outcomes),
               "results": [o.model_dump() for o in outcomes]}
     store.col("audit").document(audit_id).set({"kind": "rollback", "request": request.model_dump(), "result": result,
-                                               "actor": request.actor, "at": now(), "correlation_id": correlation_id})
-    log.warning("rollback by %s: %s", request.actor, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),
+                                               "actor": caller.email, "actor_issuer": caller.issuer,
+                                               "note": request.actor, "at": now(), "correlation_id": correlation_id})
+    log.warning("rollback by %s: %s", caller.email, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),
                 extra={"audit_id": audit_id, "reason": request.reason})
     return result

@@ -1,6 +1,8 @@
 """Cloud Function `rollback` (HTTP), called with
 `gcloud functions call rollback --region R --data '{"isbns": [...], "to": "previous", "reason": "..."}'`.
-Scopes: isbns or all=true; to: a version, previous, or last_known_good (emergency)."""
+Scopes: isbns or all=true; to: a version, previous, or last_known_good (emergency).
+Only a caller with a verified ID token may roll back (shared/identity.py): none → 401,
+an invalid or unlisted one → 403, each refusal audited."""
 import functions_framework
 from flask import jsonify
 from pydantic import ValidationError
@@ -14,11 +16,20 @@ log = get_logger("rollback")
 
 @functions_framework.http
 def rollback(request):
+    from shared.identity import IdentityError, record_refusal, verified_caller
     from shared.rollback import RollbackRequest, rollback as roll_back
 
     if request.method != "POST":
         return jsonify({"error": {"code": "method_not_allowed", "message": "POST a JSON rollback request"}}), 405
     body = request.get_json(silent=True)
+    correlation_id = request.headers.get("X-Correlation-Id")
+    try:
+        caller = verified_caller(request.headers, settings())
+    except IdentityError as error:
+        claimed = body.get("actor") if isinstance(body, dict) else None
+        record_refusal(settings(), error, "rollback", note=str(claimed)[:200] if claimed else None,
+                       correlation_id=correlation_id)
+        return jsonify({"error": {"code": error.code, "message": error.message}}), error.status
     if not isinstance(body, dict):
         return jsonify({"error": {"code": "malformed_json", "message": "send a JSON object with Content-Type: "
                                                                        "application/json"}}), 400
@@ -28,5 +39,5 @@ def rollback(request):
         first = error.errors()[0]
         return jsonify({"error": {"code": "invalid_request", "field": ".".join(map(str, first["loc"])) or None,
                                   "message": first["msg"].removeprefix("Value error, ")}}), 400
-    result = roll_back(settings(), parsed, correlation_id=request.headers.get("X-Correlation-Id"))
+    result = roll_back(settings(), parsed, caller, correlation_id=correlation_id)
     return jsonify(result), 200 if result["ok"] else 409
