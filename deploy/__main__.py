@@ -1,136 +1,82 @@
-"""Creates the topology of deploy/topology.yaml on GCP with gcloud: the same topics, bucket
-notification, push subscriptions (with retry and dead-letter policies), functions,
-scheduler jobs and Firestore indexes that `emulators up` builds locally.
+"""Plans, applies or tears down the topology of deploy/topology.yaml on a GCP project, and
+verifies a deploy.
 
-    python -m deploy --project P [--region R] [--apply]
+    python -m deploy --project P [--region R] [--mlflow-uri U]            # plan: what exists, what would change
+    python -m deploy --project P ... --apply                               # apply the plan (idempotent)
+    python -m deploy --project P --teardown [--apply]                      # plan (then run) removing it all
+    python -m deploy verify --project P [--isbn I]                         # after a deploy: CI's check
+    python -m deploy --project P --recorded DIR                            # plan from recorded gcloud reads
 
-Without --apply it prints every command (a dry run); with --apply it runs them in order and
-stops at the first failure. Functions are deployed as 2nd gen HTTP functions and fed by
-push subscriptions with OIDC tokens, exactly as locally, where functions-framework turns a
-push into a CloudEvent.
-
-Also needed once per project, outside this script: the Pub/Sub service agent
-(service-PROJECT_NUMBER@gcp-sa-pubsub.iam.gserviceaccount.com) must be allowed to publish to
-the dead-letter topic and to subscribe to each subscription.
+Functions are 2nd gen HTTP functions fed by push subscriptions with OIDC tokens, exactly as
+locally, where functions-framework turns a push into a CloudEvent. See deploy/plan.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import shutil
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from shared.topology import Function, Topology, load
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def function_url(project: str, region: str, name: str) -> str:
-    return f"https://{region}-{project}.cloudfunctions.net/{name}"
+from deploy.plan import ROOT, Plan, Target, apply, plan
+from deploy.state import LiveState, RecordedState, State
 
 
-def stage(build_dir: Path, fn: Function) -> Path:
-    """A function's deployable source: its main.py, the shared/ library, and requirements
-    pinned to the lock's versions but limited to what the function imports."""
-    target = build_dir / Path(fn.source).name
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    shutil.copy(ROOT / fn.source / "main.py", target / "main.py")
-    shutil.copytree(ROOT / "shared", target / "shared", ignore=shutil.ignore_patterns("__pycache__"))
-    if not fn.packages:
-        shutil.copy(ROOT / "requirements.lock", target / "requirements.txt")
-        return target
-    (target / "requirements.in").write_text("\n".join(fn.packages) + "\n")
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    subprocess.run([uv, "pip", "compile", str(target / "requirements.in"), "-c", str(ROOT / "requirements.lock"),
-                    "--python-version", "3.11", "--quiet", "--no-header", "-o", str(target / "requirements.txt")],
-                   check=True)
-    return target
-
-
-def commands(topology: Topology, project: str, region: str, build_dir: Path, mlflow_uri: str,
-             stage_sources: bool = True) -> list[list[str]]:
+def target_and_state(args) -> tuple[Target, State]:
     from shared.config import load_settings
     from shared.jobs import code_version
+    from shared.topology import load
 
-    version = code_version(load_settings())
-    invoker = f"bookcast-invoker@{project}.iam.gserviceaccount.com"
-    runtime_sa = f"bookcast-runtime@{project}.iam.gserviceaccount.com"
-    g = ["gcloud", f"--project={project}"]
-    out: list[list[str]] = [
-        g + ["services", "enable", "cloudfunctions.googleapis.com", "run.googleapis.com", "pubsub.googleapis.com",
-             "cloudscheduler.googleapis.com", "firestore.googleapis.com", "aiplatform.googleapis.com",
-             "cloudbuild.googleapis.com", "artifactregistry.googleapis.com"],
-        g + ["iam", "service-accounts", "create", "bookcast-invoker", "--display-name=bookcast push invoker"],
-        g + ["iam", "service-accounts", "create", "bookcast-runtime", "--display-name=bookcast functions"],
-    ]
-    image = f"{region}-docker.pkg.dev/{project}/bookcast/trainer:latest"
-    out += [g + ["artifacts", "repositories", "create", "bookcast", "--repository-format=docker", f"--location={region}"],
-            g + ["builds", "submit", str(ROOT), f"--tag={image}"]]
-    out += [g + ["pubsub", "topics", "create", t.name] for t in topology.topics]
-    for bucket in topology.buckets:
-        out.append(g + ["storage", "buckets", "create", f"gs://{project}-{bucket.name}", f"--location={region}",
-                        "--uniform-bucket-level-access"])
-        for n in bucket.notifications:
-            out.append(g + ["storage", "buckets", "notifications", "create", f"gs://{project}-{bucket.name}",
-                            f"--topic={n.topic}", "--payload-format=json",
-                            *[f"--event-types={e}" for e in n.event_types],
-                            *([f"--object-prefix={n.object_prefix}"] if n.object_prefix else [])])
-    for fn in topology.functions:
-        source = stage(build_dir, fn) if stage_sources else build_dir / Path(fn.source).name
-        env = {"BOOKCAST_PROFILE": "production", "BOOKCAST_PROJECT_ID": project, "BOOKCAST_VERTEX__PROJECT": project,
-               "BOOKCAST_VERTEX__REGION": region, "BOOKCAST_VERTEX__IMAGE": image,
-               "BOOKCAST_DATA_BUCKET": f"{project}-{topology.buckets[0].name}", "BOOKCAST_MLFLOW_TRACKING_URI": mlflow_uri,
-               # A function has no git checkout: the version deployed is stamped here, for lineage tags.
-               "BOOKCAST_CODE_VERSION": version}
-        out.append(g + ["functions", "deploy", fn.name, "--gen2", "--runtime=python311", f"--region={region}",
-                        f"--source={source}", f"--entry-point={fn.entry_point}", "--trigger-http",
-                        "--no-allow-unauthenticated", f"--memory={fn.memory}", f"--timeout={fn.timeout_seconds}s",
-                        f"--service-account={runtime_sa}", f"--concurrency={fn.concurrency}",
-                        *([f"--cpu={fn.cpu}"] if fn.cpu else []),
-                        "--set-env-vars=" + ",".join(f"{k}={v}" for k, v in env.items())])
-        out.append(g + ["functions", "add-invoker-policy-binding", fn.name, f"--region={region}",
-                        f"--member=serviceAccount:{invoker}"])
-    d = topology.defaults
-    for sub in topology.subscriptions:
-        command = g + ["pubsub", "subscriptions", "create", sub.name, f"--topic={sub.topic}"]
-        if sub.function:
-            endpoint = f"{function_url(project, region, sub.function)}/projects/{project}/topics/{sub.topic}"
-            command += [f"--push-endpoint={endpoint}", f"--push-auth-service-account={invoker}"]
-        command += [f"--ack-deadline={d.ack_deadline_seconds}", f"--min-retry-delay={d.min_backoff_seconds}s",
-                    f"--max-retry-delay={d.max_backoff_seconds}s"]
-        if sub.dead_letter_to(d):
-            command += [f"--dead-letter-topic={sub.dead_letter_to(d)}", f"--max-delivery-attempts={d.max_delivery_attempts}"]
-        out.append(command)
-    for job in topology.scheduler_jobs:
-        out.append(g + ["scheduler", "jobs", "create", "pubsub", job.name, f"--location={region}",
-                        f"--schedule={job.schedule}", f"--time-zone={job.time_zone}", f"--topic={job.topic}",
-                        f"--message-body={json.dumps(job.data, separators=(',', ':'))}",
-                        "--attributes=" + ",".join(f"{k}={v}" for k, v in job.attributes.items())])
-    for index in json.loads((ROOT / "deploy" / "firestore.indexes.json").read_text())["indexes"]:
-        fields = [f"--field-config=field-path={f['fieldPath']},order={f['order'].lower()}" for f in index["fields"]]
-        out.append(g + ["firestore", "indexes", "composite", "create", f"--collection-group={index['collectionGroup']}",
-                        *fields])
-    return out
+    state = RecordedState(args.recorded, args.project) if args.recorded else LiveState(args.project)
+    target = Target(project=args.project, region=args.region, mlflow_uri=args.mlflow_uri, topology=load(),
+                    code_version=code_version(load_settings()), build_dir=args.build_dir,
+                    project_number=args.project_number or state.project_number())
+    return target, state
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", choices=["plan", "verify"], default="plan")
     parser.add_argument("--project", required=True)
     parser.add_argument("--region", default="europe-west1")
-    parser.add_argument("--mlflow-uri", required=True, help="the MLflow tracking server the functions use")
+    parser.add_argument("--mlflow-uri", default=os.environ.get("BOOKCAST_MLFLOW_TRACKING_URI", ""),
+                        help="the MLflow tracking server the functions use (default: BOOKCAST_MLFLOW_TRACKING_URI)")
+    parser.add_argument("--project-number", help="skip the look-up (Resource Manager)")
     parser.add_argument("--build-dir", type=Path, default=ROOT / ".state" / "deploy")
-    parser.add_argument("--apply", action="store_true", help="run the commands (default: print them)")
-    args = parser.parse_args()
-    for command in commands(load(), args.project, args.region, args.build_dir, args.mlflow_uri):
-        print(shlex.join(command))
-        if args.apply and subprocess.call(command) != 0:
-            print(f"failed: {shlex.join(command)}", file=sys.stderr)
+    parser.add_argument("--recorded", type=Path, help="read the state from recorded `gcloud ... --format=json` "
+                                                      "outputs in this directory instead of the cloud")
+    parser.add_argument("--teardown", action="store_true", help="plan removing everything the topology creates")
+    parser.add_argument("--apply", action="store_true", help="run the plan")
+    parser.add_argument("--forecast-url", help="verify: the forecast function's URL (default: from the project)")
+    parser.add_argument("--id-token", default=os.environ.get("BOOKCAST_ID_TOKEN"),
+                        help="verify: token for the forecast function (default: from the deployer's credentials)")
+    parser.add_argument("--isbn", action="append", default=[], help="verify: these ISBNs must get a forecast")
+    args = parser.parse_args(argv)
+    if not args.mlflow_uri and not args.teardown:
+        parser.error("--mlflow-uri (or BOOKCAST_MLFLOW_TRACKING_URI) is required")
+    target, state = target_and_state(args)
+    started = time.perf_counter()
+    planned: Plan = plan(target, state, teardown=args.teardown)
+    print(planned.render())
+    print(f"planned in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+    if args.command == "verify":
+        from deploy.verify import id_token, verify
+
+        url = args.forecast_url or target.function_url("forecast")
+        token = args.id_token or (id_token(url) if state.live and url.startswith("https://") else None)
+        problems = verify(planned, url, token, args.isbn)
+        for problem in problems:
+            print(f"verify: {problem}", file=sys.stderr)
+        print("verify: ok" if not problems else f"verify: {len(problems)} problem(s)", file=sys.stderr)
+        return 1 if problems else 0
+    if args.apply:
+        try:
+            apply(planned)
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            print(f"apply stopped: {error}", file=sys.stderr)
             return 1
+        print(f"applied {len(planned.pending)} change(s)", file=sys.stderr)
     return 0
 
 

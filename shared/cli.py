@@ -324,6 +324,33 @@ def cmd_token(args, cfg) -> int:
     return 0
 
 
+def cmd_approvals(args, cfg) -> int:
+    """Risky promotions waiting for a person, with their challenger's trial so far."""
+    from shared.promotion import pending_approvals
+
+    rows = [{"requested": a["requested_at"], "isbn": a["isbn"], "version": a["version"],
+             "champion": a["champion_version"], "risks": a["risks"], "trial": a.get("trial") or {},
+             "correlation_id": a["correlation_id"]} for a in pending_approvals(cfg, _store(cfg))]
+    emit(args, "pending approvals (bookcast approve|reject ISBN VERSION --reason ...)", rows, {"risks": "; ".join})
+    return 0
+
+
+def cmd_approval(args, cfg) -> int:
+    """Approve or reject one pending risky promotion as the local user; audited."""
+    import getpass
+
+    from shared.promotion import ApprovalError, decide_approval
+
+    try:
+        result = decide_approval(cfg, args.isbn, args.version, args.command == "approve", args.reason,
+                                 f"{getpass.getuser()} (bookcast cli)", store=_store(cfg))
+    except ApprovalError as error:
+        print(f"bookcast {args.command}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0 if result["ok"] else 1
+
+
 def isbn_argument(raw: str) -> str:
     """An ISBN as given on the command line (hyphens and spaces allowed, as in uploads),
     normalised; a wrong one ends the command with exit status 2 and the reason."""
@@ -419,6 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--email", default=LOCAL_CALLER, help="the caller the token names")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds until it expires")
     token.set_defaults(handler=cmd_token)
+    approvals = sub.add_parser("approvals", help="risky promotions waiting for approval")
+    _formats(approvals)
+    approvals.set_defaults(handler=cmd_approvals, needs=("firestore",))
+    for verb, effect in (("approve", "serve it as champion now"), ("reject", "retire it; the champion stays")):
+        deciding = sub.add_parser(verb, help=f"{verb} a risky promotion waiting for approval: {effect}")
+        deciding.add_argument("isbn", type=isbn_argument, help="ISBN-13, hyphens allowed")
+        deciding.add_argument("version", help="the version waiting (bookcast approvals lists them)")
+        deciding.add_argument("--reason", required=True, help="why: recorded in the audit and the alias history")
+        deciding.set_defaults(handler=cmd_approval, needs=("firestore", "mlflow"))
     return parser
 
 

@@ -95,6 +95,24 @@ class IdentitySettings(BaseModel):
     google_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
 
 
+class PromotionSettings(BaseModel):
+    """When a candidate that passed the gates is risky to serve at once (shared/promotion.py):
+    it becomes the ``challenger``, shadow-scored on the weeks uploaded after it, and served
+    to a share of callers (canary) until it wins or loses; with ``require_approval`` a
+    person decides its promotion (``bookcast approve``)."""
+    max_forecast_change: float = Field(0.25, ge=0, description="risky if its next weeks' forecast differs from the "
+                                                                "champion's by more than this share of the champion's")
+    compare_weeks: int = Field(13, ge=1, le=104, description="the weeks ahead the forecasts are compared over")
+    family_change_is_risky: bool = True
+    rollback_window_days: int = Field(28, ge=0, description="risky if the ISBN was rolled back (or reverted) this "
+                                                            "recently")
+    weeks_to_decide: int = Field(4, ge=1, description="uploaded weeks scored before the challenger is promoted "
+                                                      "(lower MAE than the champion) or retired")
+    canary_share: float = Field(0.1, ge=0, le=1, description="share of callers served the challenger, chosen by a "
+                                                             "hash of the caller")
+    require_approval: bool = False
+
+
 class CostSettings(BaseModel):
     """Unit prices `bookcast cost` assumes: USD list prices for europe-west1 as we read them,
     without free tiers or committed-use discounts. Check them against the billing account
@@ -150,6 +168,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     vertex: VertexSettings = VertexSettings()
     alerts: AlertSettings = AlertSettings()
+    promotion: PromotionSettings = PromotionSettings()
     identity: IdentitySettings = IdentitySettings()
     cost: CostSettings = CostSettings()
 

@@ -61,7 +61,8 @@ class TrainingRequest(Event):
 
 class IsbnResult(BaseModel):
     isbn: str
-    status: Literal["promoted", "quarantined", "baseline", "refused", "failed"]
+    # challenger: passed the gates but risky (shared/promotion.py): on trial, the champion serves
+    status: Literal["promoted", "challenger", "quarantined", "baseline", "refused", "failed"]
     version: str | None = None
     mlflow_run_id: str | None = None
     reason: str = ""
@@ -84,7 +85,7 @@ class ModelChange(Event):
     isbn: str
     model_name: str
     alias: str
-    action: Literal["promote", "rollback", "baseline", "refresh", "refit", "revert"]
+    action: Literal["promote", "rollback", "baseline", "refresh", "refit", "revert", "challenge", "retire"]
     from_version: str | None
     to_version: str
     reason: str = ""

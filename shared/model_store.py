@@ -55,7 +55,9 @@ def resolve(cfg: Settings, isbn: str, alias: str | None = None) -> AliasTarget |
     alias = alias or cfg.serving.alias
     name = cfg.model_name(isbn)
     response = _get(cfg, "/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias})
-    if response.status_code == 404 or (response.status_code == 400 and "DOES_NOT_EXIST" in response.text):
+    # No model: 404 or RESOURCE_DOES_NOT_EXIST; a model without this alias: 400 "alias ... not found".
+    if response.status_code == 404 or (response.status_code == 400 and ("DOES_NOT_EXIST" in response.text
+                                                                        or "not found" in response.text)):
         return None
     if not response.ok:
         raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")

@@ -17,6 +17,7 @@ log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
 FITTED_MODEL = "fitted_model.json"  # the run artifact a refresh starts from
 REVERT = "revert"  # the alias move that undoes one whose version failed validation
+CHALLENGER = "challenger"  # the alias of a risky candidate on trial beside the champion (shared/promotion.py)
 HOLDOUT_PLOT = "holdout_forecast.png"
 
 
@@ -151,15 +152,31 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
              extra={"isbn": isbn, "action": action, "reason": reason})
     if publish:
         _announce(cfg, correlation_id, isbn, name, alias, action, previous, str(to_version), reason)
-    if alias == cfg.serving.alias:
-        target, forecast, problems = _served(cfg, isbn)
+    if alias in (cfg.serving.alias, CHALLENGER):  # both answer forecast requests
+        target, forecast, problems = _served(cfg, isbn, alias)
         if problems:
             _revert(cfg, store, isbn, alias, str(to_version), previous, problems, correlation_id)
-        else:
+        elif alias == cfg.serving.alias:
             from shared import champions
 
             champions.record(store, isbn, target, forecast)
     return previous
+
+
+def remove_alias(cfg: Settings, store, isbn: str, alias: str, action: str, reason: str, actor: str,
+                 correlation_id: str) -> str | None:
+    """Take ``alias`` off the ISBN's model; record and announce it like a move (to no
+    version). Returns the version it pointed at; idempotent."""
+    current = version_by_alias(cfg, isbn, alias)
+    if current is None:
+        return None
+    name = cfg.model_name(isbn)
+    client(cfg).delete_registered_model_alias(name, alias)
+    store.record_alias_move(isbn, name, alias, current.version, "", action, reason, actor, correlation_id)
+    log.info("alias %s of %s removed from v%s (%s)", alias, name, current.version, action,
+             extra={"isbn": isbn, "action": action, "reason": reason})
+    _announce(cfg, correlation_id, isbn, name, alias, action, current.version, "", reason)
+    return current.version
 
 
 def _announce(cfg: Settings, correlation_id: str, isbn: str, name: str, alias: str, action: str,
@@ -171,13 +188,13 @@ def _announce(cfg: Settings, correlation_id: str, isbn: str, name: str, alias: s
                                                     to_version=to_version, reason=reason))
 
 
-def _served(cfg: Settings, isbn: str):
+def _served(cfg: Settings, isbn: str, alias: str):
     """Forecast the ISBN through the serving path (alias, artifact, bounds) after a move:
     the target, its serving artifact and what is wrong with it."""
     from shared import model_store
     from shared.forecasting.serving import serving_problems
 
-    target = model_store.resolve(cfg, isbn)
+    target = model_store.resolve(cfg, isbn, alias)
     try:
         forecast = model_store.serving_forecast(cfg, target.run_id)
     except model_store.RegistryUnavailable as error:
@@ -199,7 +216,7 @@ def _revert(cfg: Settings, store, isbn: str, alias: str, failed: str, previous: 
     store.record_alias_move(isbn, name, alias, failed, previous or "", REVERT, reason, "validation", correlation_id)
     log.error("alias %s of %s reverted %s -> %s: %s", alias, name, failed, previous, reason, extra={"isbn": isbn})
     _announce(cfg, correlation_id, isbn, name, alias, REVERT, failed, previous or "", reason)
-    if previous is not None:
+    if previous is not None and alias == cfg.serving.alias:
         from shared import champions
 
         champions.index(cfg, store, isbn)

@@ -10,6 +10,9 @@ Collections (each name carries the configured prefix):
   leases/{isbn}            the run training an ISBN now, its expiry, and follow-up causes
   alias_history/{id}       every alias move MLflow does not remember
   alerts/{key}             when an alert was last sent (deduplication)
+  challenges/{isbn}        the ISBN's latest challenger trial, with both frozen forecasts
+  shadow_scores/{id}       one per ISBN, challenger and uploaded week: both forecasts' errors
+  approvals/{isbn}-{ver}   a risky promotion waiting for a person: pending → approved | rejected
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined", "cancel
 TERMINAL = ("succeeded", "failed", "quarantined", "cancelled")
 CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
 CHAMPION_BATCH = 300     # documents per batched read
+CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
 
 
 def now() -> datetime:

@@ -1,9 +1,11 @@
 """The forecast service: validates requests, follows the serving alias, answers fast.
 
 Models are the precomputed serving artifacts (mean and standard error for 104 weeks),
-cached in-process. An ISBN's alias is re-resolved at most every ``alias_ttl_seconds``, so a
-promotion or rollback is served within that bound; each ISBN in a response comes from one
-cached entry, never a mix. If MLflow is unreachable the last loaded model keeps serving,
+cached in-process. A configured share of callers (``promotion.canary_share``, chosen by a
+hash of the caller key) is served an ISBN's ``challenger`` when it has one; every answer
+names the alias and version it came from. An ISBN's alias is re-resolved at most every
+``alias_ttl_seconds``, so a promotion or rollback is served within that bound; each ISBN
+in a response comes from one cached entry, never a mix. If MLflow is unreachable the last loaded model keeps serving,
 marked stale; with nothing loaded the answer is 503. Once MLflow has failed, requests stop
 waiting on it (a circuit breaker): they are answered from the cache at once while one
 background probe at a time finds out whether it is back.
@@ -11,6 +13,7 @@ background probe at a time finds out whether it is back.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import threading
 import time
@@ -24,6 +27,7 @@ from shared import model_store
 from shared.config import Settings
 from shared.forecasting.serving import from_artifact
 from shared.logs import get_logger
+from shared.registry import CHALLENGER
 
 log = get_logger(__name__)
 
@@ -43,6 +47,8 @@ class ForecastQuery(BaseModel):
     horizon: int = Field(26, ge=1, le=104)
     interval: float = Field(0.95, gt=0.5, lt=1.0)
     format: Literal["json", "csv", "png"] = "json"
+    caller: str | None = Field(None, min_length=1, max_length=200,
+                               description="who asks: decides canary serving (default: X-Caller header or client IP)")
 
     @field_validator("isbns")
     @classmethod
@@ -57,13 +63,13 @@ def parse_query(method: str, content_type: str | None, args: dict[str, list[str]
                 max_horizon: int) -> ForecastQuery:
     if method == "GET":
         raw: dict = {"isbns": [i for v in args.get("isbn", []) for i in v.split(",") if i]}
-        for key in ("horizon", "interval", "format"):
+        for key in ("horizon", "interval", "format", "caller"):
             if key in args:
                 raw[key] = args[key][-1]
-        unknown = sorted(set(args) - {"isbn", "horizon", "interval", "format"})
+        unknown = sorted(set(args) - {"isbn", "horizon", "interval", "format", "caller"})
         if unknown:
             raise ApiError(400, "unknown_parameter", f"unknown query parameter(s) {unknown}; "
-                           "use isbn, horizon, interval, format")
+                           "use isbn, horizon, interval, format, caller")
     elif method == "POST":
         if not (content_type or "").startswith("application/json"):
             raise ApiError(415, "unsupported_media_type",
@@ -110,9 +116,17 @@ ANSWER_CACHE_SIZE = 4096
 
 @dataclass(frozen=True)
 class ServedModel:
-    target: model_store.AliasTarget
+    target: model_store.AliasTarget | None  # None: the alias points nowhere (no challenger on trial)
     artifact: dict
     checked_at: float
+
+
+def in_canary(caller: str | None, share: float) -> bool:
+    """Whether a caller is among the ``share`` served challengers: a hash of the caller
+    key, so the same caller always gets the same answer."""
+    if not caller or share <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(caller.encode()).digest()[:8], "big") / 2 ** 64 < share
 
 
 class RegistryBreaker:
@@ -136,7 +150,7 @@ class RegistryBreaker:
 class ForecastService:
     def __init__(self, cfg: Settings):
         self.cfg = cfg
-        self.cache: dict[str, ServedModel] = {}
+        self.cache: dict[tuple[str, str], ServedModel] = {}  # (isbn, alias)
         self.locks: dict[str, threading.Lock] = {}
         self.guard = threading.Lock()
         self.answers: dict[tuple, dict] = {}
@@ -149,20 +163,24 @@ class ForecastService:
     def _fresh(self, cached: ServedModel | None) -> bool:
         return bool(cached) and time.monotonic() - cached.checked_at < self.cfg.serving.alias_ttl_seconds
 
-    def model(self, isbn: str) -> tuple[ServedModel | None, bool]:
-        """(model, stale). None means the ISBN has no servable model."""
-        cached = self.cache.get(isbn)
+    def model(self, isbn: str, alias: str | None = None) -> tuple[ServedModel | None, bool]:
+        """(model, stale). None means the ISBN has no servable model under ``alias``."""
+        served, stale = self._model(isbn, alias or self.cfg.serving.alias)
+        return (served if served and served.target else None), stale
+
+    def _model(self, isbn: str, alias: str) -> tuple[ServedModel | None, bool]:
+        cached = self.cache.get((isbn, alias))
         if self._fresh(cached):
             return cached, False
         if self.breaker.is_open():
-            self._probe_in_background(isbn)
+            self._probe_in_background(isbn, alias)
             return self._stale(isbn, cached)
         with self._lock(isbn):
-            cached = self.cache.get(isbn)
+            cached = self.cache.get((isbn, alias))
             if self._fresh(cached):
                 return cached, False
             try:
-                return self._load(isbn, cached), False
+                return self._load(isbn, cached, alias), False
             except model_store.RegistryUnavailable as error:
                 self.breaker.trip()
                 log.warning("MLflow unreachable for %s: %s", isbn, error)
@@ -174,31 +192,34 @@ class ForecastService:
         raise ApiError(503, "registry_unavailable",
                        f"no model loaded for {isbn} and the model registry is unreachable; retry shortly")
 
-    def _load(self, isbn: str, cached: ServedModel | None) -> ServedModel | None:
+    def _load(self, isbn: str, cached: ServedModel | None, alias: str) -> ServedModel | None:
         """Resolve the alias and fetch the artifact if the version changed; cache the result."""
-        target = model_store.resolve(self.cfg, isbn)
+        target = model_store.resolve(self.cfg, isbn, alias)
         if target is None:
-            self.cache.pop(isbn, None)
+            if alias == CHALLENGER:  # most ISBNs have none: canary callers do not ask again until the TTL
+                self.cache[(isbn, alias)] = ServedModel(None, {}, time.monotonic())
+            else:
+                self.cache.pop((isbn, alias), None)
             return None
-        if cached and cached.target.version == target.version:
+        if cached and cached.target and cached.target.version == target.version:
             artifact = cached.artifact
         else:
             artifact = model_store.serving_forecast(self.cfg, target.run_id)
-            log.info("serving %s v%s", isbn, target.version,
-                     extra={"isbn": isbn, "version": target.version,
-                            "previous": cached.target.version if cached else None})
+            log.info("serving %s v%s as %s", isbn, target.version, alias,
+                     extra={"isbn": isbn, "version": target.version, "alias": alias,
+                            "previous": cached.target.version if cached and cached.target else None})
         served = ServedModel(target, artifact, time.monotonic())
-        self.cache[isbn] = served
+        self.cache[(isbn, alias)] = served
         return served
 
-    def _probe_in_background(self, isbn: str) -> None:
+    def _probe_in_background(self, isbn: str, alias: str) -> None:
         """One request at a time asks the registry again, off the request path."""
         if not self.breaker.probing.acquire(blocking=False):
             return
 
         def probe() -> None:
             try:
-                self._load(isbn, self.cache.get(isbn))
+                self._load(isbn, self.cache.get((isbn, alias)), alias)
                 self.breaker.close()
                 log.info("MLflow reachable again")
             except model_store.RegistryUnavailable:
@@ -208,10 +229,15 @@ class ForecastService:
 
         threading.Thread(target=probe, name="registry-probe", daemon=True).start()
 
-    def forecast(self, query: ForecastQuery) -> dict:
+    def forecast(self, query: ForecastQuery, caller: str | None = None) -> dict:
+        """The answer for ``query``; ``caller`` (the query's own, else the function's choice)
+        decides whether challengers serve it."""
         answers, unknown = [], []
+        canary = in_canary(query.caller or caller, self.cfg.promotion.canary_share)
         for isbn in query.isbns:
-            served, stale = self.model(isbn)
+            served, stale = self.challenger(isbn) if canary else (None, False)
+            if served is None:
+                served, stale = self.model(isbn)
             if served is None:
                 unknown.append(isbn)
                 continue
@@ -221,9 +247,17 @@ class ForecastService:
         return {"horizon": query.horizon, "interval": query.interval, "stale": any(a["stale"] for a in answers),
                 "forecasts": answers}
 
+    def challenger(self, isbn: str) -> tuple[ServedModel | None, bool]:
+        """The ISBN's challenger for a canary caller; None (the champion serves) when it has
+        none, or when the registry cannot say and none is cached."""
+        try:
+            return self.model(isbn, CHALLENGER)
+        except ApiError:
+            return None, False
+
     def _answer(self, isbn: str, served: ServedModel, stale: bool, query: ForecastQuery) -> dict:
-        # A version's forecast never changes: answers are cached per (version, horizon, interval).
-        key = (isbn, served.target.version, served.target.run_id, query.horizon, query.interval)
+        # A version's forecast never changes: answers are cached per (alias, version, horizon, interval).
+        key = (isbn, served.target.alias, served.target.version, served.target.run_id, query.horizon, query.interval)
         answer = self.answers.get(key)
         if answer is None:
             answer = self._compute(isbn, served, query)
@@ -243,16 +277,21 @@ class ForecastService:
                           "upper": round(float(hi), 2)} for w, m, lo, hi in zip(weeks, mean, lower, upper)],
         }
 
-    def history(self, isbn: str) -> tuple[list, list]:
+    def history(self, isbn: str, alias: str) -> tuple[list, list]:
         from datetime import date, timedelta
 
-        artifact = self.cache[isbn].artifact
+        artifact = self.cache[(isbn, alias)].artifact
         start = date.fromisoformat(artifact["history_start"])
         return [start + timedelta(weeks=i) for i in range(len(artifact["history"]))], artifact["history"]
 
     def health(self) -> dict:
         return {"status": "ok", "models_cached": len(self.cache), "alias": self.cfg.serving.alias,
                 "registry_reachable": model_store.healthy(self.cfg)}
+
+
+def served_header(result: dict) -> str:
+    """``isbn=alias:version`` per answered ISBN, for the X-Bookcast-Served header."""
+    return ",".join(f"{a['isbn']}={a['alias']}:{a['version']}" for a in result["forecasts"])
 
 
 def to_csv(result: dict) -> str:
@@ -275,7 +314,7 @@ def to_png(service: ForecastService, result: dict) -> bytes:
 
     figures = []
     for answer in result["forecasts"][:6]:
-        weeks, units = service.history(answer["isbn"])
+        weeks, units = service.history(answer["isbn"], answer["alias"])
         rows = answer["forecast"]
         figures.append(forecast_figure(
             f"{answer['isbn']} · v{answer['version']} ({answer['model']})" + (" · STALE" if answer["stale"] else ""),

@@ -24,7 +24,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from shared import leases, model_store, sales
 from shared.config import Settings
-from shared import champions
+from shared import champions, promotion
 from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
 from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
                            TrainingRequest)
@@ -278,6 +278,9 @@ def group_id(index: int) -> str:
 def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, index: int, isbns: list[str],
                  upload: Upload | None, versions: dict[str, str]) -> list[Decision]:
     """Merge, decide, lease and snapshot one group of ISBNs, with its marker: atomically."""
+    if upload:  # challengers on trial are scored on the new weeks first: one that won is decided as champion
+        promotion.score_upload(cfg, store, {i: upload.weeks_by_isbn[i] for i in isbns}, upload.order,
+                               cause.correlation_id)
     current = champions.served(cfg, store, isbns, versions)  # outside the transaction: MLflow is not transactional
     decided_at = now()
 

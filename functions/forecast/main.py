@@ -1,16 +1,24 @@
 """Cloud Function `forecast` (HTTP): weekly forecasts with intervals, served from the
-`champion` alias. GET ?isbn=...&horizon=26 or POST {"isbns": [...], "horizon": 26};
+`champion` alias (a share of callers gets an ISBN's `challenger`: `caller` param, X-Caller
+header or client IP). GET ?isbn=...&horizon=26 or POST {"isbns": [...], "horizon": 26};
 format=json|csv|png; GET /health for the monitor."""
 import functions_framework
 from flask import Response, jsonify
 
 from shared.config import settings
 from shared.logs import configure, get_logger
-from shared.serving import ApiError, ForecastService, parse_query, to_csv, to_png
+from shared.serving import ApiError, ForecastService, parse_query, served_header, to_csv, to_png
 
 configure()
 log = get_logger("forecast")
 service = ForecastService(settings())
+
+
+def caller_key(request) -> str | None:
+    """Who asks, for canary serving: an X-Caller header, else the client's address (Cloud
+    Run puts it first in X-Forwarded-For)."""
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[0].strip()
+    return request.headers.get("X-Caller") or forwarded or request.remote_addr
 
 
 @functions_framework.http
@@ -21,7 +29,7 @@ def forecast(request):
         cfg = settings().serving
         query = parse_query(request.method, request.content_type, request.args.to_dict(flat=False),
                             request.get_data(cache=False), cfg.max_isbns_per_request, cfg.max_horizon)
-        result = service.forecast(query)
+        result = service.forecast(query, caller_key(request))
     except ApiError as error:
         log.info("rejected %s %s: %s", request.method, request.full_path, error.message,
                  extra={"status": error.status, "code": error.code})
@@ -31,6 +39,7 @@ def forecast(request):
         return jsonify({"error": {"code": "internal", "message": "internal error; it has been logged"}}), 500
     headers = {"X-Bookcast-Stale": "true", "Warning": '110 - "served from cache: registry unreachable"'} \
         if result["stale"] else {}
+    headers["X-Bookcast-Served"] = served_header(result)  # which alias and version answered, in every format
     if query.format == "csv":
         return Response(to_csv(result), mimetype="text/csv", headers=headers)
     if query.format == "png":

@@ -188,12 +188,14 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
         tags={**lineage, "spec": json.dumps(candidate.spec), Tags.KIND: "candidate", "family": candidate.spec["kind"],
               "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
               "quarantine_reason": "; ".join(verdict.reasons)})
-    if verdict.passed:
-        registry.move_alias(cfg, store, candidate.isbn, registration.version, "promote",
-                            "passed the quality gates", "training", request["correlation_id"])
-        return IsbnResult(isbn=candidate.isbn, status="promoted", version=registration.version,
-                          mlflow_run_id=registration.run_id, reason="passed the quality gates",
-                          metrics=_round(candidate.metrics))
+    if verdict.passed:  # champion at once, or challenger on trial when risky (shared/promotion.py)
+        from shared import promotion
+
+        reference = serving_forecast(candidate.champion_refit) if candidate.champion_refit else None
+        outcome = promotion.after_gates(cfg, store, candidate.isbn, registration.version, candidate.spec["kind"],
+                                        candidate.serving, reference, request["correlation_id"])
+        return IsbnResult(isbn=candidate.isbn, status=outcome.status, version=registration.version,
+                          mlflow_run_id=registration.run_id, reason=outcome.reason, metrics=_round(candidate.metrics))
     reason = "quarantined: " + "; ".join(verdict.reasons)
     champion = registry.version_by_alias(cfg, candidate.isbn)
     if champion is not None:
@@ -300,7 +302,7 @@ def _round(metrics: dict) -> dict:
 
 def run_status(results: list[dict]) -> str:
     statuses = {r["status"] for r in results}
-    if statuses & {"promoted", "baseline"}:
+    if statuses & {"promoted", "baseline", "challenger"}:  # a challenger's ISBN keeps its champion
         return "succeeded"
     if "quarantined" in statuses:
         return "quarantined"
