@@ -29,7 +29,8 @@ def worker_file(state_dir: str, run_id: str) -> Path:
 
 # What a training job needs to reach the same Firestore, Pub/Sub and MLflow.
 FORWARDED_ENV = ("BOOKCAST_PROFILE", "BOOKCAST_PROJECT_ID", "BOOKCAST_MLFLOW_TRACKING_URI",
-                 "BOOKCAST_COLLECTION_PREFIX", "BOOKCAST_MODEL_NAME_PREFIX")
+                 "BOOKCAST_COLLECTION_PREFIX", "BOOKCAST_MODEL_NAME_PREFIX",
+                 "BOOKCAST_EVENT_SIGNING_KEY_SECRET")  # the secret's name; the job reads the key itself
 
 
 @dataclass
