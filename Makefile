@@ -43,4 +43,4 @@ env:
 	@$(PY) -m emulators env
 
 lock:
-	uv pip compile pyproject.toml --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
