@@ -39,9 +39,10 @@ def main() -> int:
     sub.add_parser("up", help="start and wire the whole local cloud")
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status")
-    logs = sub.add_parser("logs", help="show (or follow) a component's log")
-    logs.add_argument("component", nargs="?")
-    logs.add_argument("-f", "--follow", action="store_true")
+    logs = sub.add_parser("logs", help="show (or follow) the components' logs, one line per event")
+    logs.add_argument("component", nargs="?", help="e.g. trigger-training, monitor, mlflow (default: all)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--raw", action="store_true", help="the lines as written (JSON for Cloud Logging)")
     fire = sub.add_parser("fire", help="fire a scheduler job now")
     fire.add_argument("job")
     sub.add_parser("demo", help="up, upload the sample, follow it through the functions")
@@ -59,11 +60,14 @@ def main() -> int:
         elif args.command == "status":
             return 0 if show_status(stack) else 1
         elif args.command == "logs":
-            files = sorted(stack.log_dir.glob(f"{args.component or '*'}.log"))
+            from emulators.logview import show
+
+            files = sorted(stack.log_dir.glob(f"{args.component or '*'}.log")) or \
+                sorted(stack.log_dir.glob(f"function-{args.component}.log"))
             if not files:
                 console.print(f"no log for {args.component!r} in {stack.log_dir}")
                 return 1
-            return subprocess.call(["tail", "-n", "50", *(["-F"] if args.follow else []), *map(str, files)])
+            return show(files, args.follow, args.raw)
         elif args.command == "fire":
             os.environ.update(stack.client_env())
             return subprocess.call([sys.executable, "-m", "emulators.scheduler", "fire", args.job],

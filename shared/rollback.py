@@ -16,7 +16,7 @@ from shared import isbn as isbn_rules
 from shared import registry
 from shared.config import Settings
 from shared.identity import Caller
-from shared.logs import get_logger
+from shared.logs import get_logger, labelled
 from shared.runstore import RunStore, now
 
 log = get_logger(__name__)
@@ -100,13 +100,19 @@ def choose_target(cfg: Settings, store: RunStore, isbn: str, current: str | None
 
 def rollback(cfg: Settings, request: RollbackRequest, caller: Caller, store: RunStore | None = None,
              correlation_id: str | None = None) -> dict:
-    """``caller`` is the verified identity (shared/identity.py) recorded as the actor."""
-    store = store or RunStore(cfg)
+    """``caller`` is the verified identity (shared/identity.py) recorded as the actor. Every
+    line logged meanwhile carries the audit id and the correlation id."""
     audit_id = request.request_id or f"rollback-{uuid.uuid4().hex[:12]}"
+    correlation_id = correlation_id or audit_id
+    with labelled(audit_id=audit_id, correlation_id=correlation_id):
+        return _rolled_back(cfg, request, caller, store or RunStore(cfg), audit_id, correlation_id)
+
+
+def _rolled_back(cfg: Settings, request: RollbackRequest, caller: Caller, store: RunStore, audit_id: str,
+                 correlation_id: str) -> dict:
     done = store.get("audit", audit_id)
     if done:
         return {**done["result"], "replayed": True}
-    correlation_id = correlation_id or audit_id
     isbns = request.isbns or registry.served_isbns(cfg)
     backup = {isbn: getattr(registry.version_by_alias(cfg, isbn), "version", None) for isbn in isbns}
     backup_id = f"{audit_id}-backup"
@@ -135,5 +141,5 @@ def rollback(cfg: Settings, request: RollbackRequest, caller: Caller, store: Run
                                                "actor": caller.email, "actor_issuer": caller.issuer,
                                                "note": request.actor, "at": now(), "correlation_id": correlation_id})
     log.warning("rollback by %s: %s", caller.email, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),
-                extra={"audit_id": audit_id, "reason": request.reason})
+                extra={"reason": request.reason})
     return result

@@ -9,7 +9,7 @@ from shared.config import settings
 from shared.logs import configure, get_logger
 from shared.serving import ApiError, ForecastService, parse_query, served_header, to_csv, to_png
 
-configure()
+configure(http=True)
 log = get_logger("forecast")
 service = ForecastService(settings())
 

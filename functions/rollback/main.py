@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from shared.config import settings
 from shared.logs import configure, get_logger
 
-configure()
+configure(http=True)
 log = get_logger("rollback")
 
 
