@@ -33,3 +33,13 @@ def slack_escaped(text: str) -> str:
 def one_line(text: str) -> str:
     """For a mail header: line breaks would start new headers (or make the send fail)."""
     return " ".join(text.split())
+
+
+def shortened(text: str, max_chars: int) -> str:
+    """At most ``max_chars`` for a table cell, cut at a word boundary with an ellipsis, never
+    inside a word (a cut that leaves a word half-printed reads as a different word)."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 0 else cut).rstrip(" ,;:") + "…"
