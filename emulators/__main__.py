@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +74,8 @@ def main() -> int:
             return subprocess.call([sys.executable, "-m", "emulators.scheduler", "fire", args.job],
                                    env={**os.environ, **stack.client_env()})
         elif args.command == "env":
-            for key, value in stack.client_env().items():
-                print(f"export {key}={value}")
+            for key, value in stack.operator_env().items():
+                print(f"export {key}={shlex.quote(value)}")
         elif args.command == "demo":
             from emulators.demo import run_demo
 

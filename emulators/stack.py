@@ -78,6 +78,27 @@ class Stack:
             "PYTHONUNBUFFERED": "1",
         }
 
+    def gcloud_env(self, project: str | None = None, gcs_url: str | None = None) -> dict[str, str]:
+        """What makes the stock `gcloud storage` and `gcloud pubsub` commands work on the
+        local cloud: the API endpoints overridden to the emulators, no credentials, and a
+        configuration directory of its own (the user's gcloud login and project stay as they are)."""
+        config = self.state_dir / "gcloud"
+        config.mkdir(parents=True, exist_ok=True)
+        return {
+            "CLOUDSDK_CONFIG": str(config),
+            "CLOUDSDK_AUTH_DISABLE_CREDENTIALS": "true",
+            "CLOUDSDK_CORE_PROJECT": project or self.project,
+            "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": f"{gcs_url or f'http://127.0.0.1:{self.ports.gcs}'}/storage/v1/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://127.0.0.1:{self.ports.pubsub}/",
+        }
+
+    def operator_env(self) -> dict[str, str]:
+        """`make env`: the clients' environment, the stock gcloud's, and where the operator
+        routes answer (`bookcast rollback`)."""
+        return {**self.client_env(), **self.gcloud_env(),
+                "BOOKCAST_ROLLBACK_URL": self.function_url("rollback")}
+
     @property
     def identity_dir(self) -> Path:
         """The local ID-token signing key: operator routes verify tokens against it."""

@@ -31,10 +31,12 @@ class Unfinished(Exception):
     design, so a push is never held past its ack deadline."""
 
 
-def parse(model: type[Model], message: PubSubMessage) -> Model:
-    """The message's payload as ``model``, or a PermanentFailure saying why it is not one."""
+def parse(model: type[Model], message: PubSubMessage, defaults: dict | None = None) -> Model:
+    """The message's payload as ``model`` (``defaults`` fill fields a JSON object leaves
+    out), or a PermanentFailure saying why it is not one."""
     try:
-        return model.model_validate(message.payload())
+        payload = message.payload()
+        return model.model_validate({**defaults, **payload} if defaults and isinstance(payload, dict) else payload)
     except ValueError as error:  # bad JSON or a ValidationError
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in error.errors()) \
             if isinstance(error, ValidationError) else f"not JSON ({error})"

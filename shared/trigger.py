@@ -96,7 +96,11 @@ def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
 
 
 def on_request(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
-    request = parse(TrainingRequest, message)
+    # A hand-published request (`gcloud pubsub topics publish training-requests --message '{}'`)
+    # carries no correlation id: it gets one of the message's own, so `{}` asks, like
+    # `bookcast request`, for a decision on every known ISBN.
+    request = parse(TrainingRequest, message, defaults={
+        "correlation_id": message.correlation_id or f"request-{message.delivery_key[:16]}"})
     cause = Cause(key=f"request-{message.delivery_key}", kind="follow-up" if "follow-up" in request.requested_by
                   else "request", correlation_id=request.correlation_id, message_id=message.message_id,
                   delivery_key=message.delivery_key,
