@@ -168,7 +168,10 @@ class Stack:
         proc = spawn("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                                 "--workers", "1", "--backend-store-uri", f"sqlite:///{db}",
                                 "--artifacts-destination", str(artifacts)],
-                     port, self.log_dir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                     port, self.log_dir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                                              # MLflow 3.17's own import of starlette.middleware.wsgi
+                                              # warns at every start; nothing of ours to change.
+                                              "PYTHONWARNINGS": "ignore::UserWarning:mlflow.server.fastapi_app"})
         wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/health"), timeout=120)
         return proc
 

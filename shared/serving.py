@@ -319,7 +319,8 @@ def to_png(service: ForecastService, result: dict) -> bytes:
         figures.append(forecast_figure(
             f"{answer['isbn']} · v{answer['version']} ({answer['model']})" + (" · STALE" if answer["stale"] else ""),
             weeks, units, [r["week"] for r in rows], [r["mean"] for r in rows], [r["lower"] for r in rows],
-            [r["upper"] for r in rows], level=result["interval"]))
+            [r["upper"] for r in rows], level=result["interval"],
+            subtitle=f"trained {answer['trained_at'][:10]} · data to {answer['data_end']}", data_end=answer["data_end"]))
     if len(figures) == 1:
         return png_bytes(figures[0])
     # Several ISBNs: stack the single plots into one image.

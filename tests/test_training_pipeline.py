@@ -69,6 +69,7 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
     assert result["status"] == "baseline" and "RMSE" in result["reason"]
     baseline = registry.version_by_alias(cfg, isbn)
     assert baseline.tags["baseline"] == "true"
+    assert result["metrics"]["mae"] == pytest.approx(float(baseline.tags["metric.mae"]), rel=1e-3)  # the baseline's own
     quarantined = client.get_model_version(cfg.model_name(isbn), str(int(baseline.version) - 1))
     assert quarantined.tags["quarantined"] == "true" and "RMSE" in quarantined.tags["quarantine_reason"]
 

@@ -223,7 +223,7 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
                         "training", request["correlation_id"])
     return IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version, mlflow_run_id=baseline.run_id,
                       reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
-                      metrics=_round(candidate.metrics))
+                      metrics=_round(candidate.baseline_metrics))  # what serves is the baseline: its metrics
 
 
 def register_refit(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:

@@ -145,13 +145,16 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
 
 
 def holdout_plot(candidate: Candidate) -> bytes:
-    from shared.plots import forecast_figure, png_bytes
+    from shared.plots import forecast_figure, metrics_subtitle, png_bytes
 
-    holdout = candidate.holdout
+    holdout, weeks = candidate.holdout, candidate.history["weeks"]
     title = f"{candidate.isbn}: {ModelSpec.from_dict(candidate.spec).label()}"
-    return png_bytes(forecast_figure(title, candidate.history["weeks"], candidate.history["units"], holdout["weeks"],
+    subtitle = metrics_subtitle(date.today().isoformat(), candidate.metrics, candidate.holdout_weeks)
+    return png_bytes(forecast_figure(title, weeks, candidate.history["units"], holdout["weeks"],
                                      holdout["forecast"], holdout["lower"], holdout["upper"], actual=holdout["actual"],
-                                     naive=holdout["naive"]))
+                                     naive=holdout["naive"], subtitle=subtitle,
+                                     data_end=weeks[len(weeks) - len(holdout["weeks"]) - 1],
+                                     data_end_label="training data ends"))
 
 
 @dataclass

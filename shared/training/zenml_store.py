@@ -8,6 +8,7 @@ an exclusive lock file beside ZenML's configuration directory; later jobs find i
 from __future__ import annotations
 
 import fcntl
+import logging
 from pathlib import Path
 
 
@@ -19,4 +20,13 @@ def ready() -> None:
     config.parent.mkdir(parents=True, exist_ok=True)
     with open(config.parent / f".{config.name}.init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        Client().active_stack_model  # creates the store, its default stack and components
+        # A store created here has no active stack yet, so ZenML activates its default stack,
+        # which is what we want, and warns that it did ("Setting the global active stack to
+        # default."). Only that logger, and only while the store is made ready, is quieted.
+        store_log = logging.getLogger("zenml.zen_stores.base_zen_store")
+        level = store_log.level
+        store_log.setLevel(logging.ERROR)
+        try:
+            Client().active_stack_model  # creates the store, its default stack and components
+        finally:
+            store_log.setLevel(level)
