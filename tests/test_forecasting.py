@@ -203,3 +203,10 @@ def test_refresh_conditions_the_same_parameters_on_new_weeks(kind):
     assert np.all(np.isfinite(prediction.mean))
     with pytest.raises(ValueError, match="history was revised"):
         models.refresh(old, np.concatenate([[y[0] + 1], y[1:]]))
+
+
+def test_model_labels_are_plain_words():
+    assert ModelSpec(kind="ets", transform="none").label() == "ETS(A,N,N)"
+    assert ModelSpec(kind="theta", seasonal=True).label() == "Theta (deseasonalised) on log units"
+    assert ModelSpec(kind="harmonic_arima", p=2, d=0, q=1, fourier=7).label() == \
+        "ARIMA(2,0,1) + 7 Fourier pairs on log units"

@@ -99,14 +99,19 @@ class ModelSpec:
             return f"TSB intermittent (alpha {self.alpha:.2f}, beta {self.beta:.2f})"
         if self.kind == "ets":
             trend = {"none": "N", "add": "Ad" if self.damped else "A"}[self.trend]
-            return f"ETS(A,{trend},{'A' if self.seasonal else 'N'}), {self.transform}"
+            return f"ETS(A,{trend},{'A' if self.seasonal else 'N'}){self.scale}"
         if self.kind == "theta":
-            return f"Theta{', deseasonalised' if self.seasonal else ''}, {self.transform}"
+            return f"Theta{' (deseasonalised)' if self.seasonal else ''}{self.scale}"
         if self.kind == "sarima":
             P, D, Q, season = self.seasonal_order
-            return f"SARIMA({self.p},{self.d},{self.q})({P},{D},{Q}){season}, {self.transform}"
+            return f"SARIMA({self.p},{self.d},{self.q})({P},{D},{Q}){season}{self.scale}"
         terms = (([f"{self.fourier} Fourier pairs"] if self.fourier else []) + (["Christmas peak"] if self.holiday else []))
-        return f"ARIMA({self.p},{self.d},{self.q})" + "".join(f" + {t}" for t in terms) + f", {self.transform}"
+        return f"ARIMA({self.p},{self.d},{self.q})" + "".join(f" + {t}" for t in terms) + self.scale
+
+    @property
+    def scale(self) -> str:
+        """What the label says about the transform: fitted on log units, or (no words) on units."""
+        return " on log units" if self.transform == "log1p" else ""
 
 
 def calibrated_multiplier(level: float, interval_scale: list[list[float]] | None) -> float:
