@@ -182,10 +182,11 @@ def test_verify_checks_the_plan_and_the_forecast_function(cloud, mlflow_server, 
 
 
 LAZY_IMPORTS = {  # what each function imports while handling requests, beyond main.py's imports
-    "trigger_training": "shared.trigger, shared.launch, shared.training.flow, google.cloud.aiplatform_v1.types",
+    "trigger_training": "shared.trigger, shared.launch, shared.shards, shared.training.flow, google.auth.transport.requests",
     "monitor": "shared.monitoring, shared.alerting, shared.trigger, shared.launch",
     "forecast": "shared.serving, shared.plots, matplotlib.pyplot",
-    "rollback": "shared.rollback, shared.registry, mlflow",
+    "rollback": "shared.rollback, shared.identity, shared.registry, mlflow, google.auth.jwt, "
+                "cryptography.hazmat.primitives.asymmetric.rsa",
 }
 
 
