@@ -122,7 +122,7 @@ def stop_workers(state_dir: Path) -> list[str]:
              grace=30.0)
         registered.unlink(missing_ok=True)
         stopped.append(worker["run_id"])
-    return stopped
+    return sorted(set(stopped))  # a run's shards each have a worker
 
 
 class Registry:

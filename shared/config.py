@@ -24,6 +24,9 @@ class TrainingSettings(BaseModel):
     seed: int = 42
     workers: int = Field(0, ge=0, description="processes for per-ISBN training; 0 = all cores")
     lease_ttl_seconds: int = Field(1800, ge=10)
+    isbns_per_shard: int = Field(250, ge=1, description="a run is split into shards of about this many ISBNs, each "
+                                                        "trained by its own worker (shared/shards.py)")
+    local_shards: int = Field(0, ge=0, description="most shard workers of a local run; 0 = one per core")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 
 
@@ -61,6 +64,7 @@ class VertexSettings(BaseModel):
     machine_type: str = "n2-standard-8"
     image: str = "europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:latest"
     staging_bucket: str = "gs://bookcast-prod-vertex-staging"
+    max_replicas: int = Field(100, ge=1, description="most shards (replicas) of one training job")
     dry_run: bool = True
 
 
@@ -137,7 +141,7 @@ class CostSettings(BaseModel):
 
 PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "development": {"training": {"trials": 16}},
-    "test": {"training": {"trials": 6, "holdout_weeks": 26, "workers": 2}},
+    "test": {"training": {"trials": 6, "holdout_weeks": 26, "workers": 2, "isbns_per_shard": 2}},
     "production": {
         "training": {"trials": 40},
         "launcher": "vertex",

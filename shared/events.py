@@ -78,6 +78,7 @@ class TrainingEvent(Event):
     launcher: str = "local"
     reason: str = ""
     results: list[IsbnResult] = []
+    shard: str = Field("", description="which shard this is about (shared/shards.label); empty: the whole run")
 
 
 class ModelChange(Event):

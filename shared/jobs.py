@@ -66,10 +66,18 @@ class TrainingJob(BaseModel):
     snapshot: list[str] = Field(description="the snapshot documents holding those series")
     refreshes: dict[str, Refresh] = Field(default_factory=dict, description="ISBNs to refresh rather than retrain")
     settings: dict[str, Any]
+    shards: int = Field(1, ge=1, description="workers the run is split into (shared/shards.py)")
+    shard: int | None = Field(None, ge=0, description="set on the part one worker trains")
 
     @property
     def isbns(self) -> list[str]:
         return sorted(self.data_hashes)
+
+    def for_shard(self, index: int, isbns: list[str]) -> "TrainingJob":
+        """The part of the run one worker trains: its ISBNs, their hashes and refreshes."""
+        mine = set(isbns)
+        return self.model_copy(update={"shard": index, "data_hashes": {i: h for i, h in self.data_hashes.items() if i in mine},
+                                       "refreshes": {i: r for i, r in self.refreshes.items() if i in mine}})
 
 
 def settings_snapshot(cfg: Settings) -> dict[str, Any]:
@@ -96,11 +104,17 @@ def write_snapshot(store, run_id: str, series: dict[str, DecidedSeries]) -> list
     return ids
 
 
+SNAPSHOT_BATCH = 100  # documents per batched read
+
+
 def read_snapshot(store, job: TrainingJob) -> dict[str, dict]:
-    """The stored series of the job's snapshot documents, as stored."""
+    """The stored series of the job's ISBNs (a shard's among a catalogue's), as stored."""
+    wanted = set(job.data_hashes)
     found: dict[str, dict] = {}
-    for doc_id in job.snapshot:
-        found.update((store.col(SNAPSHOTS).document(doc_id).get().to_dict() or {}).get("series") or {})
+    for start in range(0, len(job.snapshot), SNAPSHOT_BATCH):
+        refs = [store.col(SNAPSHOTS).document(d) for d in job.snapshot[start:start + SNAPSHOT_BATCH]]
+        for snap in store.db.get_all(refs):
+            found.update((i, s) for i, s in ((snap.to_dict() or {}).get("series") or {}).items() if i in wanted)
     return found
 
 
@@ -132,11 +146,12 @@ def code_version(cfg: Settings) -> str:
 
 def training_job(cfg: Settings, run_id: str, data_hashes: dict[str, str], snapshot: list[str],
                  correlation_id: str, cause: dict, launcher: str, attempt: int = 1,
-                 refreshes: dict[str, dict] | None = None) -> TrainingJob:
+                 refreshes: dict[str, dict] | None = None, shards: int = 1) -> TrainingJob:
     # A retried run re-tunes: whatever made the first attempt fail may have been the refresh.
     return TrainingJob(run_id=run_id, correlation_id=correlation_id, cause=cause, launcher=launcher, attempt=attempt,
                        code_version=code_version(cfg), data_hashes=data_hashes, snapshot=snapshot,
-                       refreshes=(refreshes or {}) if attempt == 1 else {}, settings=settings_snapshot(cfg))
+                       refreshes=(refreshes or {}) if attempt == 1 else {}, settings=settings_snapshot(cfg),
+                       shards=shards)
 
 
 def decided_from_files(paths: list[str], rules: sales.UploadRules) -> tuple[dict[str, DecidedSeries], dict[str, str]]:
@@ -165,10 +180,14 @@ def decided(weeks_and_sources: dict[str, tuple[dict[str, int], list[str]]]) -> t
 
 def prepare_run(cfg: Settings, store, series: dict[str, DecidedSeries], cause: dict, correlation_id: str,
                 launcher: str) -> TrainingJob:
-    """A run for series decided by hand (`bookcast train`): snapshot, run record, request."""
+    """A run for series decided by hand (`bookcast train`): snapshot, run record, one shard
+    (trained here, in the foreground), request."""
+    from shared import shards
+
     run_id = store.create_run(sorted(series), cause, correlation_id, launcher,
                               data_hashes={i: s.data_hash for i, s in series.items()})
     snapshot = write_snapshot(store, run_id, series)
     store.update_run(run_id, snapshot=snapshot)
+    shards.create(store, run_id, [sorted(series)], attempt=1, leased=False)
     return training_job(cfg, run_id, {i: s.data_hash for i, s in series.items()}, snapshot, correlation_id, cause,
                         launcher)

@@ -54,18 +54,27 @@ def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: lis
     return leased, busy
 
 
-def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
-    """Free the run's leases; returns the follow-up causes queued on them, per ISBN, and
-    publishes them as one training request so nothing that arrived meanwhile is lost.
+def held_by(store: RunStore, run_id: str, shard: int | None = None):
+    """The query for the leases a run holds, or one of its shards."""
+    from google.cloud import firestore
+
+    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id))
+    return query if shard is None else query.where(filter=firestore.FieldFilter("shard", "==", shard))
+
+
+def release_all(store: RunStore, run_id: str, shard: int | None = None) -> dict[str, list[dict]]:
+    """Free the run's leases (or one shard's); returns the follow-up causes queued on them,
+    per ISBN, and publishes them as one training request so nothing that arrived meanwhile
+    is lost.
 
     Reading the follow-ups and deleting the leases is one transaction: a cause queueing a
     follow-up at the same moment either lands before (and is handed off here) or finds the
     ISBN free and leases it itself. The request is written to an outbox in that transaction
     and published after it, so a failed publish is retried (flush_follow_ups), not lost."""
-    from google.cloud import firestore
+    outbox_id = run_id if shard is None else f"{run_id}-k{shard:03d}"
 
     def work(transaction) -> dict[str, list[dict]]:
-        query = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id))
+        query = held_by(store, run_id, shard)
         follow_ups: dict[str, list[dict]] = {}
         for snap in list(transaction.get(query)):
             lease = snap.to_dict()
@@ -73,19 +82,20 @@ def release_all(store: RunStore, run_id: str) -> dict[str, list[dict]]:
                 follow_ups[lease["isbn"]] = lease["follow_ups"]
             transaction.delete(snap.reference)
         if follow_ups:
-            transaction.set(store.col(OUTBOX).document(run_id),
+            transaction.set(store.col(OUTBOX).document(outbox_id),
                             {"request": follow_up_request(run_id, follow_ups).model_dump(mode="json"),
                              "published": False, "at": now()})
         return follow_ups
 
     follow_ups = store.in_transaction(work)
     if follow_ups:
-        flush_follow_ups(store, [run_id])
+        flush_follow_ups(store, [outbox_id])
     return follow_ups
 
 
 def flush_follow_ups(store: RunStore, run_ids: list[str] | None = None) -> int:
-    """Publish the follow-up requests still in the outbox (all of them, or these runs')."""
+    """Publish the follow-up requests still in the outbox (all of them, or these entries:
+    a run's id, or a shard's)."""
     from google.cloud import firestore
 
     from shared.events import Topics, TrainingRequest
@@ -108,33 +118,50 @@ def flush_follow_ups(store: RunStore, run_ids: list[str] | None = None) -> int:
     return count
 
 
-def extend(store: RunStore, run_id: str, ttl_seconds: int) -> int:
-    """Push the run's lease expiry forward: the heartbeat of a training job that is alive."""
-    from google.cloud import firestore
-
-    held = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id)).stream()
-    count = 0
-    for snap in held:
-        snap.reference.update({"expires_at": expires(ttl_seconds)})
+def extend(store: RunStore, run_id: str, ttl_seconds: int, shard: int | None = None) -> int:
+    """Push the expiry of the run's (or shard's) leases forward: the heartbeat of a training
+    job that is alive."""
+    batch, count = store.db.batch(), 0
+    for snap in held_by(store, run_id, shard).select([]).stream():
+        batch.update(snap.reference, {"expires_at": expires(ttl_seconds)})
         count += 1
+        if count % 450 == 0:  # a commit takes at most 500 writes
+            batch.commit()
+            batch = store.db.batch()
+    if count % 450:
+        batch.commit()
     return count
 
 
 class Heartbeat:
-    """Extends a running job's leases every third of their TTL until stopped, so only a job
-    that really died lets its leases expire."""
+    """Extends a running shard's leases every third of their TTL until stopped, so only a
+    job that really died lets its leases expire; and every few seconds checks whether the
+    shard was asked to stop (``bookcast cancel``), calling ``on_cancel`` once if it was."""
 
-    def __init__(self, store: RunStore, run_id: str, ttl_seconds: int):
+    CANCEL_POLL_SECONDS = 5.0
+
+    def __init__(self, store: RunStore, run_id: str, ttl_seconds: int, shard: int | None = None, on_cancel=None):
         import threading
 
-        self.store, self.run_id, self.ttl = store, run_id, ttl_seconds
+        self.store, self.run_id, self.ttl, self.shard, self.on_cancel = store, run_id, ttl_seconds, shard, on_cancel
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
-        while not self.stopped.wait(self.ttl / 3):
+        import time
+
+        from shared import shards
+
+        last_extended = time.monotonic()
+        while not self.stopped.wait(min(self.ttl / 3, self.CANCEL_POLL_SECONDS)):
             try:
-                extend(self.store, self.run_id, self.ttl)
+                if self.on_cancel and self.shard is not None and shards.cancel_requested(self.store, self.run_id,
+                                                                                         self.shard):
+                    self.on_cancel()
+                    return
+                if time.monotonic() - last_extended >= self.ttl / 3:
+                    extend(self.store, self.run_id, self.ttl, self.shard)
+                    last_extended = time.monotonic()
             except Exception:  # a missed beat is retried; the TTL leaves room for two more
                 log.exception("lease heartbeat for %s failed", self.run_id)
 

@@ -88,19 +88,20 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
     except ValueError:
         raise PermanentFailure(f"event on {message.topic} is not JSON") from None
     kind = message.attributes.get("event_type")
-    if kind == "training.status":
+    if kind == "training.status" and event.get("shard"):
+        # Each shard reports its own results; the run's closing event only sums them up.
         failed = [r for r in event.get("results", []) if r["status"] in FAILED_ISBN_STATUSES]
+        part = f"Training run {event['run_id']} shard {event['shard']}"
         if event.get("status") in ("failed", "quarantined"):
             severity = CRITICAL if event["status"] == "failed" else WARNING
             lines = [f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in event.get("results", [])
                      if r["status"] != "promoted"]
-            return [Alert(f"run:{event['run_id']}:{event['status']}", severity,
-                          f"Training run {event['run_id']} {event['status']}",
-                          "\n".join([event.get("reason", "")] + lines).strip(), cid)]
+            return [Alert(f"run:{event['run_id']}:{event['shard']}:{event['status']}", severity,
+                          f"{part} {event['status']}", "\n".join([event.get("reason", "")] + lines).strip(), cid)]
         if event.get("status") == "succeeded" and failed:
-            # A run succeeds when any ISBN is servable; the ones that failed still need eyes.
-            return [Alert(f"run:{event['run_id']}:partial", WARNING,
-                          f"Training run {event['run_id']}: {len(failed)} ISBN(s) not trained",
+            # A shard succeeds when any ISBN is servable; the ones that failed still need eyes.
+            return [Alert(f"run:{event['run_id']}:{event['shard']}:partial", WARNING,
+                          f"{part}: {len(failed)} ISBN(s) not trained",
                           "\n".join(f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in failed), cid)]
     if kind == "input.rejected":
         return [Alert(f"rejected:{event['bucket']}/{event['object_name']}#{event['generation']}", WARNING,
@@ -299,8 +300,8 @@ def daily_summary(store: RunStore, at: datetime, fleet: Fleet | None) -> Alert:
     since = at - DAY
     runs = runs_since(store, since)
     failed = sorted((r for r in runs if r["status"] == "failed"), key=lambda r: r["created_at"])
-    isbn_failures = sum(result.get("status") in FAILED_ISBN_STATUSES
-                        for r in runs for result in (r.get("results") or {}).values())
+    isbn_failures = sum(n for r in runs for status, n in (r.get("counts") or {}).items()
+                        if status in FAILED_ISBN_STATUSES)
     statuses = Counter(r["status"] for r in runs)
     tally = alerting.counts(store, since, at)
     lines = [

@@ -66,7 +66,7 @@ class RunStore:
         run_id = run_id or f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         doc = {"run_id": run_id, "status": "queued", "isbns": sorted(isbns), "cause": cause,
                "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
-               "updated_at": now(), "attempt": 1, "results": {}, **fields}
+               "updated_at": now(), "attempt": 1, **fields}
         ref = self.col("runs").document(run_id)
         (transaction.create(ref, doc) if transaction else ref.create(doc))
         return run_id
@@ -81,9 +81,17 @@ class RunStore:
             stamp["finished_at"] = now()
         self.col("runs").document(run_id).update({**fields, **stamp})
 
-    def run(self, run_id: str) -> dict | None:
+    def run(self, run_id: str, with_results: bool = True) -> dict | None:
+        """A run, with its per-ISBN ``results`` gathered from its shards (shared/shards.py)."""
+        from shared import shards
+
         snap = self.col("runs").document(run_id).get()
-        return snap.to_dict() if snap.exists else None
+        if not snap.exists:
+            return None
+        run = snap.to_dict()
+        if with_results:
+            run["results"] = shards.results(self, run_id)
+        return run
 
     def runs(self, limit: int = 50, status: str | None = None) -> list[dict]:
         query = self.col("runs")

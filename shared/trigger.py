@@ -15,6 +15,7 @@ interrupted instead of doing it twice.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from shared import leases, model_store, sales
+from shared import leases, model_store, sales, shards
 from shared.config import Settings
 from shared import champions, promotion
 from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
@@ -35,10 +36,14 @@ from shared.runstore import RunStore, now
 
 log = get_logger(__name__)
 
-# ISBNs decided per transaction. A group writes its series, decisions, leases and snapshot:
-# with series bounded to ~2,900 weeks (sales.FIRST_WEEK) that is at most ~2 MB, and ~0.3 MB
-# for 500 weeks, against the 4 MiB gRPC message and 10 MiB request limits.
-GROUP_ISBNS = 8
+# ISBNs are decided in groups, one transaction each, which writes their series, decisions,
+# leases and snapshot: about 75 bytes per week of merged series. A group holds at most
+# GROUP_WEEKS weeks (~0.9 MB, against the 4 MiB gRPC message and 10 MiB request limits) and
+# GROUP_MAX_ISBNS ISBNs (~3 writes each, against 500 per commit): 76 three-year series, or
+# 4 of the longest possible (~2,900 weeks, sales.FIRST_WEEK).
+GROUP_WEEKS = 12_000
+GROUP_MAX_ISBNS = 100
+UNKNOWN_SERIES_WEEKS = 520  # a series stored before its length was recorded: assume ten years
 DECIDING, ACCEPTED, REJECTED = "deciding", "accepted", "rejected"
 GROUPS = "groups"  # the per-group markers, a subcollection of the cause
 COALESCE = "coalesce"  # wanted training, but the ISBN is training: a follow-up when that run ends
@@ -115,7 +120,7 @@ def on_reconcile_tick(cfg: Settings, store: RunStore, message: PubSubMessage) ->
     replayed = reconcile(cfg, store)
     flushed = leases.flush_follow_ups(store)
     # trigger_training owns launching: dead and failed runs are retried from its own tick.
-    retried = reap_expired_leases(cfg, store) + retry_failed_runs(cfg, store)
+    retried = reap_expired_leases(cfg, store) + retry_failed_shards(cfg, store)
     return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested, "
                                f"{len(retried)} dead or failed run(s) retried")
 
@@ -212,16 +217,48 @@ class Upload:
     source: str
 
 
-def open_cause(store: RunStore, cause: Cause, isbns: list[str]) -> dict:
-    """The cause's document, created on first sight with the run id and the ISBNs its
-    groups are made of, so every resumption cuts the same groups."""
+def stored_weeks(store: RunStore, isbns: list[str]) -> dict[str, int]:
+    """How many weeks each ISBN's stored series has, read without its weeks."""
+    found = {}
+    for start in range(0, len(isbns), 300):
+        refs = [store.col("series").document(i) for i in isbns[start:start + 300]]
+        for snap in store.db.get_all(refs, field_paths=["n_weeks"]):
+            if snap.exists:
+                found[snap.id] = (snap.to_dict() or {}).get("n_weeks", UNKNOWN_SERIES_WEEKS)
+    return found
+
+
+def group_ends(isbns: list[str], weeks: dict[str, int]) -> list[int]:
+    """Where each group of the sorted ISBNs ends: as many ISBNs as fit GROUP_WEEKS merged
+    weeks (at least one), at most GROUP_MAX_ISBNS."""
+    ends, in_group, weeks_in_group = [], 0, 0
+    for position, isbn in enumerate(isbns):
+        if in_group and (in_group == GROUP_MAX_ISBNS or weeks_in_group + weeks[isbn] > GROUP_WEEKS):
+            ends.append(position)
+            in_group, weeks_in_group = 0, 0
+        in_group += 1
+        weeks_in_group += weeks[isbn]
+    return ends + ([len(isbns)] if isbns else [])
+
+
+def open_cause(store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> dict:
+    """The cause's document, created on first sight with the run id, the ISBNs and where
+    its groups end, so every resumption cuts the same groups."""
+    existing = store.get("causes", cause.key)
+    if existing:
+        return existing
+    planned = sorted(isbns)
+    stored = stored_weeks(store, planned)
+    new_weeks = {i: len(upload.weeks_by_isbn[i]) for i in planned} if upload else {}
+    ends = group_ends(planned, {i: stored.get(i, 0) + new_weeks.get(i, 0) for i in planned})
+
     def work(transaction) -> dict:
         ref = store.col("causes").document(cause.key)
         snap = ref.get(transaction=transaction)
         if snap.exists:
             return snap.to_dict()
-        doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": sorted(isbns),
-               "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
+        doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": planned,
+               "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
         transaction.create(ref, doc)
         return doc
 
@@ -232,12 +269,12 @@ def open_cause(store: RunStore, cause: Cause, isbns: list[str]) -> dict:
 
 
 def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> Outcome:
-    opened = open_cause(store, cause, isbns)
+    opened = open_cause(store, cause, isbns, upload)
     if opened["status"] != DECIDING:
         finish_pending(cfg, store, opened)
         return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
-    run_id, planned = opened["run_id"], opened["isbns"]
-    groups = [planned[i:i + GROUP_ISBNS] for i in range(0, len(planned), GROUP_ISBNS)]
+    run_id, planned, ends = opened["run_id"], opened["isbns"], opened["group_ends"]
+    groups = [planned[start:end] for start, end in zip([0] + ends[:-1], ends)]
     done = {snap.id for snap in store.col("causes").document(cause.key).collection(GROUPS).select([]).stream()}
     decisions: list[Decision] = []
     versions = model_store.champion_versions(cfg)  # which version serves each ISBN: one paged search
@@ -314,7 +351,8 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
             decisions.append(decision)
             if upload:
                 transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": merged.weeks, "week_orders": merged.orders,
-                                                    "sources": sources, "data_hash": decision.inputs["data_hash"],
+                                                    "n_weeks": len(merged.weeks), "sources": sources,
+                                                    "data_hash": decision.inputs["data_hash"],
                                                     "updated_at": now(), "last_cause": cause.key})
         to_train = [d.isbn for d in decisions if d.action in (TRAIN, REFRESH)]
         leased, busy = leases.claim(store, transaction, held, to_train, run_id, cfg.training.lease_ttl_seconds,
@@ -405,14 +443,23 @@ def claim_launch(store: RunStore, run_id: str) -> bool:
     return store.in_transaction(claim)
 
 
+def max_shards(cfg: Settings) -> int:
+    """Locally the shards run side by side on this machine; on Vertex AI each is a replica."""
+    if cfg.launcher == "vertex":
+        return cfg.vertex.max_replicas
+    return cfg.training.local_shards or os.cpu_count() or 1
+
+
 def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) -> None:
     from shared.jobs import training_job
     from shared.launch import launcher_for
     from shared.pubsub import publish
 
-    run = store.run(run_id)
+    run = store.run(run_id, with_results=False)
+    slices = shards.plan(sorted(run["data_hashes"]), cfg.training.isbns_per_shard, max_shards(cfg))
+    shards.create(store, run_id, slices, attempt)
     job = training_job(cfg, run_id, run["data_hashes"], run["snapshot"], run["correlation_id"], run["cause"],
-                       cfg.launcher, attempt=attempt, refreshes=run.get("refreshes") or {})
+                       cfg.launcher, attempt=attempt, refreshes=run.get("refreshes") or {}, shards=len(slices))
     info = launcher_for(cfg).launch(job)
     store.update_run(run_id, launch={**info.detail, "handle": info.handle}, attempt=attempt)
     publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=run["correlation_id"], run_id=run_id, status="queued",
@@ -427,62 +474,78 @@ MAX_ATTEMPTS = 2
 RETRY_AFTER = timedelta(minutes=5)  # a failed run's retry waits for the first reconcile tick after this
 
 
-def retry_run(cfg: Settings, store: RunStore, old: dict, why: str) -> str | None:
-    """Launch the retry of a failed run on the same decided series (its snapshot), at most
-    once; returns the retry's run id if this call launched it."""
-    old_run_id = old["run_id"]
-    if old.get("attempt", 1) >= MAX_ATTEMPTS or not old.get("isbns"):
+def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str) -> str | None:
+    """Launch the retry of a failed shard on the same decided series (the run's snapshot), as
+    a run of its own, at most once; returns the retry's run id if this call launched it."""
+    old_run_id, index = old["run_id"], shard["index"]
+    if old.get("attempt", 1) >= MAX_ATTEMPTS or not shard["isbns"]:
         return None
-    cause = Cause(key=f"retry-{old_run_id}", kind="retry", correlation_id=old.get("correlation_id", old_run_id),
-                  message_id=f"retry-{old_run_id}", delivery_key=f"retry-{old_run_id}", forced=True,
-                  detail={"retry_of": old_run_id})
-    run_id = f"{old_run_id}-retry"
+    key = f"retry-{shards.shard_id(old_run_id, index)}"
+    cause = Cause(key=key, kind="retry", correlation_id=old.get("correlation_id", old_run_id), message_id=key,
+                  delivery_key=key, forced=True, detail={"retry_of": old_run_id, "shard": index})
+    run_id = f"{shards.shard_id(old_run_id, index)}-retry"
+
+    retried = store.col(shards.COLLECTION).document(shards.shard_id(old_run_id, index))
 
     def relaunch(transaction) -> bool:
         if store.col("runs").document(run_id).get(transaction=transaction).exists:
             return False
-        held = leases.read(store, transaction, old["isbns"])
-        leased, _ = leases.claim(store, transaction, held, old["isbns"], run_id,
+        has_document = retried.get(transaction=transaction).exists  # not if it never launched
+        held = leases.read(store, transaction, shard["isbns"])
+        leased, _ = leases.claim(store, transaction, held, shard["isbns"], run_id,
                                  cfg.training.lease_ttl_seconds, cause.as_dict())
         store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
                          transaction=transaction, attempt=old.get("attempt", 1) + 1, retry_of=old_run_id,
-                         snapshot=old["snapshot"], data_hashes={i: old["data_hashes"][i] for i in leased},
-                         decisions={i: [f"retry of {old_run_id}: {why}"] for i in leased})
-        transaction.update(store.col("runs").document(old_run_id), {"retried_as": run_id})
+                         retry_of_shard=index, snapshot=old["snapshot"],
+                         data_hashes={i: old["data_hashes"][i] for i in leased},
+                         decisions={i: [f"retry of {old_run_id} shard {index}: {why}"] for i in leased})
+        if has_document:
+            transaction.update(retried, {"retried_as": run_id})
         return bool(leased)
 
     if store.in_transaction(relaunch) and claim_launch(store, run_id):
         launch_run(cfg, store, run_id, attempt=old.get("attempt", 1) + 1)
-        log.warning("run %s retried as %s: %s", old_run_id, run_id, why)
+        log.warning("run %s shard %d retried as %s: %s", old_run_id, index, run_id, why)
         return run_id
     return None
 
 
 def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
-    """Runs whose job died (their lease expired): mark each failed and retry it once, as a
-    new run that names the one it retries."""
+    """Shards whose worker died (their leases expired): mark each failed, free its leases
+    (what waited on it is requested again) and retry it once, as a new run that names the
+    shard it retries. The run's other shards go on."""
     retries = []
-    for old_run_id in sorted({lease["run_id"] for lease in leases.expired(store)}):
-        old = store.run(old_run_id)
-        if old:  # no run yet: its cause stopped between deciding groups and is resumed by redelivery or reconciling
-            store.update_run(old_run_id, status="failed", error="lease expired: the training job stopped reporting")
-        leases.release_all(store, old_run_id)  # what waited on the dead run is requested again
-        retry = retry_run(cfg, store, old, "its lease expired: the job stopped reporting") if old else None
+    expired = sorted({(lease["run_id"], lease.get("shard", 0)) for lease in leases.expired(store)})
+    for old_run_id, index in expired:
+        old = store.run(old_run_id, with_results=False)
+        if not old:  # its cause stopped between deciding groups: resumed by redelivery or reconciling
+            leases.release_all(store, old_run_id)
+            continue
+        why = "its lease expired: the shard's worker stopped reporting"
+        shard = shards.get(store, old_run_id, index)
+        if shard:
+            shards.close(store.cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], why)
+        else:  # leased, never launched: the run as a whole is what failed
+            store.update_run(old_run_id, status="failed", error=why)
+            shard = {"index": index, "isbns": old["isbns"]}
+        leases.release_all(store, old_run_id, index if "run_id" in shard else None)
+        retry = retry_shard(cfg, store, old, shard, why)
         if retry:
             retries.append(retry)
         else:
-            log.warning("run %s lost its lease; not retried (retried already, or no run)", old_run_id)
+            log.warning("run %s shard %d lost its lease; not retried (retried already)", old_run_id, index)
     return retries
 
 
-def retry_failed_runs(cfg: Settings, store: RunStore) -> list[str]:
-    """Runs whose job failed (an exception, e.g. MLflow unreachable while it registered)
-    are retried once, RETRY_AFTER after they failed."""
+def retry_failed_shards(cfg: Settings, store: RunStore) -> list[str]:
+    """Shards whose worker failed (an exception, e.g. MLflow unreachable while it
+    registered) are retried once, RETRY_AFTER after they failed."""
     retries = []
-    for run in store.runs(limit=200, status="failed"):
-        if run.get("retried_as") or run.get("attempt", 1) >= MAX_ATTEMPTS:
+    for shard in shards.failed_unretried(store):
+        run = store.run(shard["run_id"], with_results=False)
+        if not run or run.get("attempt", 1) >= MAX_ATTEMPTS:
             continue
-        if now() - run.get("finished_at", now()) >= RETRY_AFTER:
-            retry = retry_run(cfg, store, run, f"it failed: {str(run.get('error', ''))[:200]}")
+        if now() - shard.get("finished_at", now()) >= RETRY_AFTER:
+            retry = retry_shard(cfg, store, run, shard, f"it failed: {str(shard.get('error', ''))[:200]}")
             retries += [retry] if retry else []
     return retries

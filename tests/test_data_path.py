@@ -15,7 +15,7 @@ from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import Document
 
 from emulators.scheduler import fire
-from shared import model_store
+from shared import model_store, trigger
 from shared.events import Topics
 from shared.failures import Unfinished
 from shared.gcs import storage_client
@@ -133,7 +133,8 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert outcome.status == "accepted" and len(attempts) <= 3
     store = RunStore(dry_cfg)
     run = store.run(outcome.run_id)
-    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 50 and len(store.decisions(limit=500)) == 400
+    # 24 ISBNs of 500 weeks fill a group's 12,000 weeks: 17 groups, each one transaction and one snapshot.
+    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 17 and len(store.decisions(limit=500)) == 400
     cause = store.col("causes").document(f"upload-{message.gcs_object().upload_key}")
     largest_group = 0
     for marker in cause.collection(GROUPS).stream():
@@ -153,9 +154,10 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
 
 
-def test_deciding_stops_at_its_budget_and_a_redelivery_resumes_it(dry_cfg, probe, bucket):
+def test_deciding_stops_at_its_budget_and_a_redelivery_resumes_it(dry_cfg, probe, bucket, monkeypatch):
+    monkeypatch.setattr(trigger, "GROUP_MAX_ISBNS", 8)
     hurried = dry_cfg.model_copy(update={"decision": dry_cfg.decision.model_copy(update={"work_budget_seconds": 0})})
-    frame = sample(10, years=1, seed=57)  # two groups of ISBNs
+    frame = sample(10, years=1, seed=57)  # two groups of ISBNs: 8 and 2
     upload(hurried, "two-groups.csv", frame)
     (message,) = notifications(probe, 1)
     with pytest.raises(Unfinished, match="1 of 2 ISBN groups left"):

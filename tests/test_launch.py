@@ -12,43 +12,58 @@ from pydantic import SecretStr
 from shared.config import load_settings
 from shared.jobs import TrainingJob, training_job
 from shared.launch import VertexLauncher, launcher_for
-from shared.training.worker import read_request
 
 
-def test_vertex_dry_run_writes_the_exact_create_custom_job_request(tmp_path, monkeypatch):
+def test_vertex_dry_run_writes_one_custom_job_whose_replicas_are_the_shards(tmp_path, monkeypatch):
+    from google.cloud.aiplatform_v1.types import CustomJob
+
+    from shared.shards import index_from_environment
+
     monkeypatch.setenv("BOOKCAST_PROJECT_ID", "bookcast-prod")
     cfg = load_settings("production").model_copy(update={"state_dir": str(tmp_path)})
     cfg = cfg.model_copy(update={"vertex": cfg.vertex.model_copy(update={"dry_run": True})})
     secret_cfg = cfg.model_copy(update={"alerts": cfg.alerts.model_copy(update={
         "slack_webhook_url": SecretStr("https://hooks.slack.com/services/T0/B0/SECRET"), "smtp_host": "smtp.internal"})})
     request = training_job(secret_cfg, "run-1", {"9780306406157": "ab" * 32}, ["run-1-s0000"], "upload-abc",
-                           {"kind": "data_changed"}, "vertex")
+                           {"kind": "data_changed"}, "vertex", shards=5)
     launcher = launcher_for(cfg)
     assert isinstance(launcher, VertexLauncher)
     info = launcher.launch(request)
 
-    written = json.loads((tmp_path / "vertex" / "run-1.json").read_text())
-    assert written["endpoint"] == "europe-west1-aiplatform.googleapis.com"
-    body = written["request"]
-    assert body["parent"] == "projects/bookcast-prod/locations/europe-west1"
-    job = body["customJob"]
-    assert job["displayName"] == "bookcast-run-1" and job["labels"]["run-id"] == "run-1"
-    spec = job["jobSpec"]
-    assert spec["serviceAccount"] == cfg.vertex.service_account
-    assert spec["baseOutputDirectory"]["outputUriPrefix"] == f"{cfg.vertex.staging_bucket}/runs/run-1"
-    pool = spec["workerPoolSpecs"][0]
-    assert pool["machineSpec"]["machineType"] == "n2-standard-8" and int(pool["replicaCount"]) == 1
-    container = pool["containerSpec"]
-    assert container["imageUri"] == cfg.vertex.image
-    assert container["command"] == ["python", "-m", "shared.training.worker"]
-    assert container["args"][0] == "--request-json"
-    shipped = TrainingJob.model_validate(read_request(container["args"]))  # what the container's worker parses
+    written = json.loads((tmp_path / "vertex" / "run-1-a1.json").read_text())
+    upload, create = written["calls"]
+    assert upload["upload"] == f"{cfg.vertex.staging_bucket}/runs/run-1/request-a1.json"
+    assert create["method"] == "POST" and create["url"] == (
+        "https://europe-west1-aiplatform.googleapis.com/v1/projects/bookcast-prod/locations/europe-west1/customJobs")
+    job = CustomJob.from_json(json.dumps(create["json"]))  # the REST body is a valid CustomJob, field for field
+    assert job.display_name == "bookcast-run-1-a1" and job.labels["run-id"] == "run-1"
+    spec = job.job_spec
+    assert spec.service_account == cfg.vertex.service_account
+    assert spec.base_output_directory.output_uri_prefix == f"{cfg.vertex.staging_bucket}/runs/run-1"
+    primary, workers = spec.worker_pool_specs
+    assert (primary.replica_count, workers.replica_count) == (1, 4), "one replica per shard"
+    for pool in (primary, workers):
+        assert pool.machine_spec.machine_type == "n2-standard-8"
+        container = pool.container_spec
+        assert container.image_uri == cfg.vertex.image
+        assert list(container.command) == ["python", "-m", "shared.training.worker"]
+        assert list(container.args) == ["--request-uri", upload["upload"]]
+        assert {"name": "BOOKCAST_PROJECT_ID", "value": "bookcast-prod"} in create["json"]["jobSpec"][
+            "workerPoolSpecs"][0]["containerSpec"]["env"]
+    shipped = TrainingJob.model_validate(written["request"])  # what is uploaded for the replicas to read
     assert shipped.data_hashes == request.data_hashes and shipped.snapshot == request.snapshot
-    assert shipped.launcher == "vertex"
+    assert shipped.launcher == "vertex" and shipped.shards == 5
+    # Each replica finds its shard in the CLUSTER_SPEC Vertex AI gives it; the primary waits for the rest.
+    cluster = {"workerpool0": ["cmle-training-workerpool0-0:2222"],
+               "workerpool1": [f"cmle-training-workerpool1-{i}:2222" for i in range(4)]}
+    spec_of = lambda kind, i: {"CLUSTER_SPEC": json.dumps({"cluster": cluster, "task": {"type": kind, "index": i}})}
+    assert index_from_environment(spec_of("workerpool0", 0)) == (0, True)
+    assert [index_from_environment(spec_of("workerpool1", i)) for i in range(4)] == [(i + 1, False) for i in range(4)]
+    assert index_from_environment({}) == (0, False)
     # Secrets stay where they were configured: not in the request, the job's args or the dry-run file.
-    assert "SECRET" not in (tmp_path / "vertex" / "run-1.json").read_text() and "smtp.internal" not in json.dumps(body)
+    text = (tmp_path / "vertex" / "run-1-a1.json").read_text()
+    assert "SECRET" not in text and "smtp.internal" not in text
     assert "slack_webhook_url" not in shipped.settings["alerts"]
-    assert {"name": "BOOKCAST_PROJECT_ID", "value": "bookcast-prod"} in container["env"]
     assert info.detail["dry_run"] is True
 
 

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from shared import registry
+from shared import registry, shards
 from shared.forecasting.models import COMBINATION, FAMILIES
 from shared.runstore import RunStore
 from tests.helpers import run_training, sample, short_series, write_csv
@@ -29,9 +29,11 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
 
     store = RunStore(cfg)
     run = store.run(run_id)
-    assert run["status"] == summary["status"] == "succeeded"
-    assert run["zenml_run_id"] and set(run["results"]) == set(results)
-    assert set(run["mlflow_run_ids"]) == set(trained) == set(run["mlflow_versions"])
+    (shard,) = shards.of_run(store, run_id)
+    assert run["status"] == summary["status"] == shard["status"] == "succeeded"
+    assert shard["zenml_run_id"] and set(run["results"]) == set(results)
+    assert {i for i, r in run["results"].items() if r.get("mlflow_run_id") and r.get("version")} == set(trained)
+    assert sum(run["counts"].values()) == len(results) and run["compute_seconds"] > 0
 
     client = registry.client(cfg)
     for isbn in trained:
@@ -41,7 +43,7 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
         assert tags["pipeline_run_id"] == run_id
         assert tags["source_objects"] == source and len(tags["data_hash"]) == 64
         assert tags["train_window_end"] == str(frame[frame.isbn == isbn]["week"].max())
-        assert tags["code_version"] and tags["zenml_run_id"] == run["zenml_run_id"]
+        assert tags["code_version"] and tags["zenml_run_id"] == shard["zenml_run_id"]
         artifacts = {a.path for a in client.list_artifacts(version.run_id)}
         assert {"holdout_forecast.png", "optuna_study.json", "serving"} <= artifacts
         run_metrics = client.get_run(version.run_id).data.metrics
@@ -51,8 +53,8 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
         moves = store.alias_history(isbn)
         assert moves[-1]["to_version"] == champion.version and moves[-1]["correlation_id"] == run["correlation_id"]
 
-    events = probe.messages("training-events", at_least=2)
-    assert [e["status"] for e in events if e["run_id"] == run_id] == ["started", "succeeded"]
+    events = [e for e in probe.messages("training-events", at_least=3) if e["run_id"] == run_id]
+    assert [(e["status"], e["shard"]) for e in events] == [("started", "1/1"), ("succeeded", "1/1"), ("succeeded", "")]
     changes = probe.messages("model-changes", at_least=len(trained))
     assert {c["isbn"] for c in changes} == set(trained)
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from shared import leases
+from shared import leases, shards
 from shared.events import PubSubMessage
 from shared.gcs import storage_client
 from shared.runstore import RunStore, now
@@ -217,25 +217,39 @@ def test_a_follow_up_that_could_not_be_published_is_kept_and_sent_by_the_next_re
     assert leases.flush_follow_ups(store) == 0
 
 
-def test_a_failed_run_is_retried_once_on_its_decided_series_after_a_pause(dry_cfg, probe, bucket):
-    from shared.trigger import retry_failed_runs
+def fail_shard(store: RunStore, run_id: str, index: int = 0, minutes_ago: float = 0) -> None:
+    """What a shard's worker does when its training raises (as when MLflow was down)."""
+    shard = shards.get(store, run_id, index)
+    shards.close(store.cfg, store, shards.ShardRef.of_run(store.run(run_id), shard), "failed", [],
+                 "RegistryUnavailable: MLflow is unreachable")
+    leases.release_all(store, run_id, index)
+    age_shard(store, run_id, index, minutes_ago)
+
+
+def age_shard(store: RunStore, run_id: str, index: int, minutes_ago: float) -> None:
+    store.col(shards.COLLECTION).document(shards.shard_id(run_id, index)).update(
+        {"finished_at": now() - timedelta(minutes=minutes_ago)})
+
+
+def test_a_failed_shard_is_retried_once_on_its_decided_series_after_a_pause(dry_cfg, probe, bucket):
+    from shared.trigger import retry_failed_shards
 
     upload(dry_cfg, "h.csv", sample(1, years=2, seed=14))
     first = handle(dry_cfg, notifications(probe, 1)[0])
     store = RunStore(dry_cfg)
-    leases.release_all(store, first.run_id)  # the job ended, failing (as when MLflow was down)
-    store.update_run(first.run_id, status="failed", error="RegistryUnavailable: MLflow is unreachable")
-    assert retry_failed_runs(dry_cfg, store) == []  # not at once: the fault needs time to pass
-    store.col("runs").document(first.run_id).update({"finished_at": now() - timedelta(minutes=6)})
-    (retry,) = retry_failed_runs(dry_cfg, store)
+    fail_shard(store, first.run_id)
+    assert store.run(first.run_id)["status"] == "failed"  # its only shard failed
+    assert retry_failed_shards(dry_cfg, store) == []  # not at once: the fault needs time to pass
+    age_shard(store, first.run_id, 0, minutes_ago=6)
+    (retry,) = retry_failed_shards(dry_cfg, store)
     run, failed = store.run(retry), store.run(first.run_id)
-    assert run["attempt"] == 2 and run["retry_of"] == first.run_id and failed["retried_as"] == retry
+    assert run["attempt"] == 2 and run["retry_of"] == first.run_id and run["retry_of_shard"] == 0
+    assert shards.get(store, first.run_id, 0)["retried_as"] == retry
     assert run["snapshot"] == failed["snapshot"] and run["data_hashes"] == failed["data_hashes"]
     assert run["launch"]["dry_run"] is True
-    assert retry_failed_runs(dry_cfg, store) == []  # once
-    store.update_run(retry, status="failed", error="still failing")
-    store.col("runs").document(retry).update({"finished_at": now() - timedelta(minutes=6)})
-    assert retry_failed_runs(dry_cfg, store) == []  # a retry that fails is alerted, not repeated
+    assert retry_failed_shards(dry_cfg, store) == []  # once
+    fail_shard(store, retry, minutes_ago=6)
+    assert retry_failed_shards(dry_cfg, store) == []  # a retry that fails is alerted, not repeated
 
 
 def test_an_expired_lease_of_a_run_never_created_does_not_block_the_isbn(dry_cfg, probe, bucket):

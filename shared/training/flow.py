@@ -13,7 +13,8 @@ from datetime import date, datetime, timezone
 from multiprocessing import get_context
 
 from shared.config import Settings
-from shared.events import IsbnResult, TrainingEvent
+from shared import shards
+from shared.events import IsbnResult
 from shared.decisions import parameter_age_days
 from shared.forecasting import gates
 from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
@@ -94,7 +95,14 @@ def single_threaded_blas():
                 os.environ[key] = value
 
 
-def trained(cfg: Settings, series: dict[str, dict]):
+def shard_workers(cfg: Settings, shards: int) -> int:
+    """Training processes for one shard: its machine's cores on Vertex AI; locally the
+    machine's cores shared among the run's shards, which run side by side."""
+    workers = cfg.training.workers or os.cpu_count() or 1
+    return max(1, workers // shards) if cfg.launcher == "local" else workers
+
+
+def trained(cfg: Settings, series: dict[str, dict], shards: int = 1):
     """Tune, fit and evaluate every ISBN in parallel worker processes, yielding each
     candidate as it finishes (with progress on a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -102,7 +110,7 @@ def trained(cfg: Settings, series: dict[str, dict]):
     if not series:
         return
     specs = champion_specs(cfg, list(series))
-    workers = cfg.training.workers or os.cpu_count() or 1
+    workers = shard_workers(cfg, shards)
     jobs = [(isbn, s["weeks"], s["units"], cfg.training.model_dump_json(), specs.get(isbn)) for isbn, s in series.items()]
     progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
@@ -146,7 +154,7 @@ def train_and_register(request: dict, series: dict[str, dict], problems: dict[st
                 del to_train[isbn]
                 pending.append(registrar.submit(register_refresh, cfg, store, request, refreshed, series[isbn],
                                                 refreshes[isbn]))
-        for candidate in trained(cfg, to_train):
+        for candidate in trained(cfg, to_train, request.get("shards", 1)):
             pending.append(registrar.submit(gate_and_register, cfg, store, request, candidate, series[candidate.isbn]))
         results += [future.result() for future in pending]
     return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
@@ -300,29 +308,14 @@ def _round(metrics: dict) -> dict:
     return {k: round(float(v), 4) for k, v in metrics.items()}
 
 
-def run_status(results: list[dict]) -> str:
-    statuses = {r["status"] for r in results}
-    if statuses & {"promoted", "baseline", "challenger"}:  # a challenger's ISBN keeps its champion
-        return "succeeded"
-    if "quarantined" in statuses:
-        return "quarantined"
-    return "failed" if statuses else "succeeded"
-
-
 def record_and_publish(request: dict, results: list[dict]) -> dict:
-    from shared.pubsub import publish
+    """The shard's results into its shard document; the run is closed by its last shard."""
     from shared.runstore import RunStore
 
     cfg = settings_of(request)
-    status = run_status(results)
-    RunStore(cfg).update_run(request["run_id"], status=status, results={r["isbn"]: r for r in results},
-                             zenml_run_id=request.get("zenml_run_id", ""),
-                             mlflow_versions={r["isbn"]: r["version"] for r in results if r.get("version")},
-                             mlflow_run_ids={r["isbn"]: r["mlflow_run_id"] for r in results if r.get("mlflow_run_id")},
-                             compute_seconds=round(sum(r.get("seconds", 0.0) for r in results), 2))
-    event = TrainingEvent(correlation_id=request["correlation_id"], run_id=request["run_id"], status=status,
-                          isbns=sorted(r["isbn"] for r in results), launcher=request.get("launcher", "local"),
-                          results=[IsbnResult(**r) for r in results],
-                          reason=f"{sum(r['status'] in ('promoted', 'baseline') for r in results)} of {len(results)} servable")
-    publish(cfg, "training-events", event)
+    job = TrainingJob.model_validate({k: v for k, v in request.items() if k != "zenml_run_id"})  # a step's addition
+    status = shards.run_status([], [r["status"] for r in results])
+    servable = sum(r["status"] in shards.SERVABLE for r in results)
+    shards.close(cfg, RunStore(cfg), shards.ShardRef.of_job(job), status, results,
+                 f"{servable} of {len(results)} servable", zenml_run_id=request.get("zenml_run_id", ""))
     return {"status": status, "results": results, "finished_at": datetime.now(timezone.utc).isoformat()}

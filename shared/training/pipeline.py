@@ -49,6 +49,8 @@ def training_pipeline(request: dict):
 
 
 def run(request: dict) -> dict:
-    """Run the pipeline and return its summary (status and per-ISBN results)."""
-    pipeline_run = training_pipeline.with_options(run_name=f"{request['run_id']}-a{request.get('attempt', 1)}")(request=request)
+    """Run the pipeline on one shard of a run and return its summary (status and per-ISBN
+    results)."""
+    name = f"{request['run_id']}-k{request.get('shard') or 0:03d}-a{request.get('attempt', 1)}"
+    pipeline_run = training_pipeline.with_options(run_name=name)(request=request)
     return pipeline_run.steps["publish"].output.load()
