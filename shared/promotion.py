@@ -114,11 +114,13 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
                 reference: dict | None, correlation_id: str) -> Outcome:
     """Serve a candidate that passed the gates, or put it on trial when it is risky.
     ``reference`` is the champion's forecast from the same data (its structure re-estimated
-    on the candidate's series), or None to use the forecast the champion serves."""
+    on the candidate's series), or None to use the forecast the champion serves. Nothing is
+    risked by replacing no champion or the seasonal-naive baseline, which the gates already
+    required the candidate to beat."""
     from shared import model_store
 
     champion = registry.version_by_alias(cfg, isbn)
-    if champion is None:
+    if champion is None or champion.tags.get("baseline") == "true":
         return _promote(cfg, store, isbn, version, "passed the quality gates", "training", correlation_id)
     reference = reference or model_store.serving_forecast(cfg, champion.run_id)
     candidate_means, reference_means = weekly_means(forecast), weekly_means(reference)
@@ -126,7 +128,7 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
     if not found:
         return _promote(cfg, store, isbn, version, "passed the quality gates", "training", correlation_id)
     reason = "passed the quality gates but is risky: " + "; ".join(found)
-    _withdraw_trial(cfg, store, isbn, f"superseded by v{version}", correlation_id)
+    _withdraw_trial(store, isbn, f"superseded by v{version}")
     registry.move_alias(cfg, store, isbn, version, CHALLENGE, reason, "training", correlation_id, alias=CHALLENGER)
     if getattr(registry.version_by_alias(cfg, isbn, CHALLENGER), "version", None) != version:
         return Outcome("quarantined", f"{reason}; it failed validation as challenger and serves nowhere")
@@ -149,7 +151,7 @@ def _promote(cfg: Settings, store: RunStore, isbn: str, version: str, reason: st
     return Outcome("promoted", reason)
 
 
-def _withdraw_trial(cfg: Settings, store: RunStore, isbn: str, why: str, correlation_id: str) -> None:
+def _withdraw_trial(store: RunStore, isbn: str, why: str) -> None:
     """End the ISBN's running trial (a newer challenger replaces it)."""
     trial = store.get(CHALLENGES, isbn)
     if trial and trial["status"] == ON_TRIAL:

@@ -285,7 +285,8 @@ class ForecastService:
         return [start + timedelta(weeks=i) for i in range(len(artifact["history"]))], artifact["history"]
 
     def health(self) -> dict:
-        return {"status": "ok", "models_cached": len(self.cache), "alias": self.cfg.serving.alias,
+        return {"status": "ok", "models_cached": sum(1 for m in self.cache.values() if m.target),
+                "alias": self.cfg.serving.alias,
                 "registry_reachable": model_store.healthy(self.cfg)}
 
 

@@ -17,8 +17,9 @@ from shared import model_store, promotion, registry
 from shared.forecasting import models
 from shared.forecasting.models import ModelSpec
 from shared.gcs import storage_client
-from shared.identity import mint_local_token
+from shared.identity import LOCAL_ISSUER, Caller, mint_local_token
 from shared.registry import CHALLENGER
+from shared.rollback import RollbackRequest, rollback
 from shared.runstore import APPROVALS, CHALLENGES, SHADOW_SCORES, RunStore
 from shared.sales import series_hash, weeks_of
 from shared.serving import in_canary
@@ -30,12 +31,13 @@ from tests.test_trigger import notifications, upload
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 
 
-def register_fitted(cfg, store, isbn: str, frame, kind: str, alias: str | None, scale: float = 1.0) -> str:
+def register_fitted(cfg, store, isbn: str, frame, kind: str, alias: str | None, scale: float = 1.0,
+                    baseline: bool = False) -> str:
     """A version of ``kind`` fitted on the frame's units (times ``scale``), moved to ``alias``."""
     fitted = models.fit(frame["units"].to_numpy(float) * scale, frame["week"].iloc[0], ModelSpec(kind=kind)).to_dict()
-    tags = {"kind": "baseline" if kind == models.BASELINE else "candidate", "family": kind,
-            "spec": json.dumps({"kind": kind}), "gate": "passed", "quarantined": "false",
-            "data_hash": series_hash(weeks_of(frame)), "baseline": str(kind == models.BASELINE).lower()}
+    tags = {"kind": "baseline" if baseline else "candidate", "family": kind, "spec": json.dumps({"kind": kind}),
+            "gate": "passed", "quarantined": "false", "data_hash": series_hash(weeks_of(frame)),
+            "baseline": str(baseline).lower()}
     version = registry.register(cfg, isbn, fitted, serving_forecast(fitted), params={"family": kind},
                                 metrics={"mae": 10.0}, tags=tags).version
     if alias:
@@ -72,19 +74,23 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     winner, loser = sorted(frame["isbn"].unique())
     cut = frame["week"].max() - timedelta(weeks=3)
     history, future = frame[frame["week"] <= cut], frame[frame["week"] > cut].copy()
-    baselines = {i: register_fitted(cfg, store, i, history[history["isbn"] == i], models.BASELINE, "champion")
-                 for i in (winner, loser)}
+    champions = {}
+    for isbn in (winner, loser):  # a theta champion that was just rolled back to: any candidate is risky
+        own = history[history["isbn"] == isbn]
+        champions[isbn] = register_fitted(cfg, store, isbn, own, "theta", "champion")
+        register_fitted(cfg, store, isbn, own, "theta", "champion", scale=1.2)
+    rollback(cfg, RollbackRequest(isbns=[winner, loser], to="previous", reason="too high"),
+             Caller("oncall@bookcast.local", "oncall", LOCAL_ISSUER), store)
 
-    # Seasonal naive serves; the tuned candidates change the family: risky, so challengers.
     _, run = run_training(cfg, [write_csv(history, tmp_path)])
     results = {r["isbn"]: r for r in run["results"]}
     assert {r["status"] for r in results.values()} == {"challenger"}, results
-    assert all("model family changed: seasonal_naive" in r["reason"] for r in results.values())
+    assert all("the ISBN was rolled back" in r["reason"] for r in results.values())
     challengers = {i: results[i]["version"] for i in results}
     for isbn in (winner, loser):
-        assert served_version(cfg, isbn) == baselines[isbn] and served_version(cfg, isbn, CHALLENGER) == challengers[isbn]
+        assert served_version(cfg, isbn) == champions[isbn] and served_version(cfg, isbn, CHALLENGER) == challengers[isbn]
         assert store.alias_history(isbn)[-1]["action"] == "challenge"
-    assert {(e["alias"], e["action"]) for e in probe.messages("model-changes", at_least=4)} >= {(CHALLENGER, "challenge")}
+    assert (CHALLENGER, "challenge") in {(e["alias"], e["action"]) for e in probe.messages("model-changes", at_least=8)}
 
     # The winner's new weeks are what its challenger forecast; the loser's, its champion's.
     trial = store.get(CHALLENGES, loser)
@@ -112,7 +118,7 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     decided = [d for d in store.decisions(isbn=winner) if d["cause"].get("object", "").endswith("weeks-2-3.csv")]
     assert decided[0]["inputs"]["champion_version"] == challengers[winner]  # decided as the new champion
 
-    assert served_version(cfg, loser) == baselines[loser] and served_version(cfg, loser, CHALLENGER) is None
+    assert served_version(cfg, loser) == champions[loser] and served_version(cfg, loser, CHALLENGER) is None
     retired = store.alias_history(loser)[-1]
     assert (retired["alias"], retired["action"], retired["from_version"]) == (CHALLENGER, "retire", challengers[loser])
     assert "lost the shadow scoring" in retired["reason"] and store.get(CHALLENGES, loser)["status"] == promotion.RETIRED
@@ -122,7 +128,8 @@ def test_canary_serving_is_deterministic_per_caller_and_labelled(cloud, cfg, pro
     store = RunStore(cfg)
     frame = sample(2, years=2, seed=67)
     on_trial, alone = sorted(frame["isbn"].unique())
-    champion = register_fitted(cfg, store, on_trial, frame[frame["isbn"] == on_trial], models.BASELINE, "champion")
+    champion = register_fitted(cfg, store, on_trial, frame[frame["isbn"] == on_trial], models.BASELINE, "champion",
+                               baseline=True)
     challenger = register_fitted(cfg, store, on_trial, frame[frame["isbn"] == on_trial], models.BASELINE, CHALLENGER,
                                  scale=1.5)
     register_fitted(cfg, store, alone, frame[frame["isbn"] == alone], models.BASELINE, "champion")
@@ -157,18 +164,18 @@ def test_a_risky_promotion_waits_for_approval_and_round_trips_with_an_audit_reco
     store = RunStore(cfg)
     frame = sample(1, years=2, seed=71)
     isbn = frame["isbn"].iloc[0]
-    champion = register_fitted(cfg, store, isbn, frame, models.BASELINE, "champion")
+    champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
 
-    def candidate(scale: float) -> str:
+    def candidate(scale: float, risk: str) -> str:
         version = register_fitted(cfg, store, isbn, frame, models.BASELINE, None, scale=scale)
         forecast = model_store.serving_forecast(cfg, registry.client(cfg).get_model_version(
             cfg.model_name(isbn), version).run_id)
         outcome = promotion.after_gates(cfg, store, isbn, version, models.BASELINE, forecast, None, "cid-approval")
         assert outcome.status == "challenger" and "waits for approval" in outcome.reason
-        assert "differ from the champion's by 100%" in outcome.reason  # twice the units: risky
+        assert risk in outcome.reason
         return version
 
-    first = candidate(2.0)
+    first = candidate(2.0, "model family changed: theta → seasonal_naive")
     assert served_version(cfg, isbn) == champion and served_version(cfg, isbn, CHALLENGER) == first
     alert = next(a for a in store.stream("alerts") if a["key"] == f"approval:{isbn}:{first}")
     assert "waits for approval" in alert["title"] and "bookcast approve" in alert["detail"]
@@ -193,7 +200,7 @@ def test_a_risky_promotion_waits_for_approval_and_round_trips_with_an_audit_reco
     assert bookcast(cfg, "reject", isbn, first, "--reason", "too late").returncode == 1  # decided already
 
     # Over HTTP: the rollback function's route, with the same identity rules as a rollback.
-    second = candidate(4.0)
+    second = candidate(4.0, "differ from the champion's by 100%")  # twice the units of the first
     port = free_port()
     proc = cloud.start_function("rollback", project=cfg.project_id, port=port,
                                 extra_env={"BOOKCAST_MODEL_NAME_PREFIX": cfg.model_name_prefix,
