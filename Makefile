@@ -8,7 +8,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export ZENML_CAPTURE_PRINTS := false
 export ZENML_LOGGING_VERBOSITY := WARN
 
-.PHONY: help setup demo test bench bench-setup up down status logs env lock
+.PHONY: help setup demo test bench bench-scale bench-setup up down status logs env lock
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
@@ -30,6 +30,9 @@ bench: bench-setup ## speed and accuracy benchmarks, beside their targets
 	$(PY) -m bench.training
 	$(PY) -m bench.decisions
 	$(PY) -m bench.forecast
+
+bench-scale: setup ## catalogue scale: 1,000 ISBNs end to end, 10,000 decided/monitored/exported (~40 min)
+	$(PY) -m bench.scale
 
 # Benchmark-only packages, pinned here and constrained by the lock: never in a function or the trainer image.
 bench-setup: setup ## install the benchmark-only packages

@@ -218,7 +218,10 @@ def cmd_runs(args, cfg) -> int:
 
 
 def cmd_run(args, cfg) -> int:
-    run = _store(cfg).run(args.run_id)
+    from shared import shards
+
+    store = _store(cfg)
+    run = store.run(args.run_id)
     if not run:
         stderr.print(f"[red]no run {args.run_id}[/] in project {cfg.project_id}: `bookcast runs` lists them")
         return EXIT_FAILED
@@ -235,6 +238,11 @@ def cmd_run(args, cfg) -> int:
         for name, value in fields.items():
             if value is not None:
                 console.print(f"  {name:<16}{_cell(value)}", highlight=False)
+        for shard in shards.of_run(store, run["run_id"]):
+            done = sum(1 for _ in shard.get("results") or {})
+            console.print(f"  shard {shard['index']:<10}{shard['status']}, {done} of {len(shard['isbns'])} ISBNs reported"
+                          + (f", {shard['compute_seconds']} CPU s" if shard.get("compute_seconds") else "")
+                          + (f", retried as {shard['retried_as']}" if shard.get("retried_as") else ""), highlight=False)
     results = run.get("results") or {}
     emit(args, f"results of {run['run_id']}", [{"isbn": i, **_result_columns(results.get(i))}
                                                for i in sorted(set(run["isbns"]) | set(results))], RESULT_CELLS)

@@ -110,6 +110,18 @@ def start(store: RunStore, run_id: str, index: int, handle: str) -> dict | None:
     return store.in_transaction(work)
 
 
+def report(store: RunStore, run_id: str, index: int, result: dict) -> None:
+    """One ISBN's result on its shard as soon as it is known (the shard's end writes them all
+    again): `bookcast run` and the dashboard show a running shard's progress."""
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    try:
+        store.col(COLLECTION).document(shard_id(run_id, index)).update(
+            {FieldPath("results", result["isbn"]).to_api_repr(): result})
+    except Exception:  # progress is a courtesy: the shard's end records every result
+        log.warning("could not report %s on shard %d of %s", result["isbn"], index, run_id, exc_info=True)
+
+
 def run_status(statuses: list[str], isbn_statuses: list[str]) -> str:
     """A run serves something if any shard did; otherwise its worst ending."""
     if set(isbn_statuses) & set(SERVABLE):

@@ -146,16 +146,26 @@ def train_and_register(request: dict, series: dict[str, dict], problems: dict[st
     store = RunStore(cfg)
     results = [IsbnResult(isbn=i, status="refused", reason=r) for i, r in sorted(problems.items())]
     to_train = dict(series)
+    shard = request.get("shard") or 0
+
+    def reported(future) -> None:  # each ISBN's result on its shard as soon as it is registered
+        if future.exception() is None:
+            shards.report(store, request["run_id"], shard, future.result().model_dump())
+
     with ThreadPoolExecutor(REGISTRATION_THREADS, thread_name_prefix="register") as registrar:
         pending = []
+
+        def register(*work) -> None:
+            pending.append(registrar.submit(*work))
+            pending[-1].add_done_callback(reported)
+
         for isbn in sorted(set(refreshes) & set(series)):
             refreshed = refresh_candidate(cfg, isbn, series[isbn], refreshes[isbn])
             if refreshed is not None:
                 del to_train[isbn]
-                pending.append(registrar.submit(register_refresh, cfg, store, request, refreshed, series[isbn],
-                                                refreshes[isbn]))
+                register(register_refresh, cfg, store, request, refreshed, series[isbn], refreshes[isbn])
         for candidate in trained(cfg, to_train, request.get("shards", 1)):
-            pending.append(registrar.submit(gate_and_register, cfg, store, request, candidate, series[candidate.isbn]))
+            register(gate_and_register, cfg, store, request, candidate, series[candidate.isbn])
         results += [future.result() for future in pending]
     return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
 

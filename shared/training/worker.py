@@ -59,7 +59,7 @@ def execute(request: dict, shard: int = 0) -> dict:
         publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=job.correlation_id, run_id=run_id,
                                                            status="started", isbns=job.isbns, launcher=job.launcher,
                                                            shard=shards.label(shard, job.shards)))
-        log.info("training run %s shard %d/%d started", run_id, shard, job.shards,
+        log.info("training run %s shard %s started: %d ISBNs", run_id, shards.label(shard, job.shards), len(job.isbns),
                  extra={"run_id": run_id, "shard": shard, "isbns": job.isbns})
         try:
             from shared.leases import Heartbeat
