@@ -54,7 +54,8 @@ def main() -> int:
         if args.command == "up":
             stack.up(on_step=lambda m: console.print(f"[cyan]»[/] {m}"))
             show_status(stack)
-            console.print(f"MLflow UI: http://127.0.0.1:{stack.ports.mlflow}   logs: {stack.log_dir}")
+            console.print(f"dashboard: {stack.function_url('dashboard')}   MLflow UI: http://127.0.0.1:{stack.ports.mlflow}"
+                          f"   logs: {stack.log_dir}")
         elif args.command == "down":
             stopped = stack.down()
             console.print(f"stopped {', '.join(stopped) or 'nothing'}")

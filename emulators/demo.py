@@ -145,7 +145,8 @@ def run_demo(stack: Stack, console: Console) -> int:
     else:
         console.print(f"[red]forecast answered {response.status_code}: {response.text}[/]")
     console.rule("look inside")
-    console.print(f"MLflow UI       http://127.0.0.1:{stack.ports.mlflow}\n"
+    console.print(f"dashboard       {stack.function_url('dashboard')}   (fleet, runs, uploads, alerts, traces)\n"
+                  f"MLflow UI       http://127.0.0.1:{stack.ports.mlflow}\n"
                   f"runs/decisions  eval \"$(make -s env)\"; .venv/bin/bookcast runs; .venv/bin/bookcast decisions\n"
                   f"logs            make logs   (or {stack.log_dir})\n"
                   f"stop            make down")

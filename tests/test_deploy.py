@@ -187,6 +187,7 @@ LAZY_IMPORTS = {  # what each function imports while handling requests, beyond m
     "forecast": "shared.serving, shared.plots, matplotlib.pyplot",
     "rollback": "shared.rollback, shared.identity, shared.registry, mlflow, google.auth.jwt, "
                 "cryptography.hazmat.primitives.asymmetric.rsa",
+    "dashboard": "shared.dashboard.charts, shared.serving, shared.plots, shared.trace, google.cloud.firestore",
 }
 
 
