@@ -539,6 +539,24 @@ def cmd_approval(args, cfg) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_promote(args, cfg) -> int:
+    """Promote served versions from one environment to another (staging → production)."""
+    import getpass
+
+    from shared.release import ReleaseError, promote
+
+    if bool(args.isbn) == args.all:
+        print("bookcast promote: give ISBNs or --all", file=sys.stderr)
+        return 2
+    try:
+        results = promote(cfg, args.source, args.target, args.isbn, f"{getpass.getuser()} (bookcast cli)", args.reason)
+    except ReleaseError as error:
+        print(f"bookcast promote: {error}", file=sys.stderr)
+        return 2
+    emit(args, f"promoted from {args.source} to {args.target}", results)
+    return 0 if all(r["status"] != "failed" for r in results) else 1
+
+
 def isbn_argument(raw: str) -> str:
     """An ISBN as given on the command line (hyphens and spaces allowed, as in uploads),
     normalised; a wrong one ends the command with exit status 2 and the reason."""
@@ -668,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
         deciding.add_argument("version", help="the version waiting (bookcast approvals lists them)")
         deciding.add_argument("--reason", required=True, help="why: recorded in the audit and the alias history")
         deciding.set_defaults(handler=cmd_approval, needs=("firestore", "mlflow"))
+    releasing = sub.add_parser("promote", help="copy served versions to another environment's registry with their "
+                                               "manifest (via the exchange bucket), behind an approval there")
+    releasing.add_argument("isbn", nargs="*", type=isbn_argument, help="ISBNs to promote (or --all)")
+    releasing.add_argument("--all", action="store_true", help="every ISBN served in the source environment")
+    releasing.add_argument("--from", dest="source", required=True, help="source environment, e.g. staging")
+    releasing.add_argument("--to", dest="target", required=True, help="target environment, e.g. production")
+    releasing.add_argument("--reason", required=True, help="why: recorded in the target's audit and approval")
+    _formats(releasing)
+    releasing.set_defaults(handler=cmd_promote, needs=("firestore", "mlflow", "gcs"))
     return parser
 
 

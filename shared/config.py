@@ -122,6 +122,26 @@ class PromotionSettings(BaseModel):
     require_approval: bool = False
 
 
+class EnvironmentSettings(BaseModel):
+    """Another deployment of bookcast, with its own project and registry, that models are
+    promoted between (shared/release.py)."""
+    project_id: str
+    mlflow_tracking_uri: str
+    model_name_prefix: str = "bookcast-"
+    collection_prefix: str = ""
+
+
+class ReleaseSettings(BaseModel):
+    """`bookcast promote --from staging --to production`: a version leaves one environment as
+    a manifest and its artifacts in the exchange bucket and enters the other's registry."""
+    environment: str = Field("development", description="this deployment's name in a promotion chain")
+    environments: dict[str, EnvironmentSettings] = Field({}, description="the others, by name (JSON in "
+                                                                          "BOOKCAST_RELEASE__ENVIRONMENTS)")
+    exchange_bucket: str = "bookcast-model-exchange"
+    require_approval: bool = Field(True, description="an imported version serves only once approved "
+                                                     "(bookcast approve) in the target environment")
+
+
 class CostSettings(BaseModel):
     """Unit prices `bookcast cost` assumes: USD list prices for europe-west1 as we read them,
     without free tiers or committed-use discounts. Check them against the billing account
@@ -179,6 +199,7 @@ class Settings(BaseSettings):
     vertex: VertexSettings = VertexSettings()
     alerts: AlertSettings = AlertSettings()
     promotion: PromotionSettings = PromotionSettings()
+    release: ReleaseSettings = ReleaseSettings()
     identity: IdentitySettings = IdentitySettings()
     cost: CostSettings = CostSettings()
 

@@ -140,7 +140,8 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
     trial = (f"challenger on trial for {cfg.promotion.weeks_to_decide} uploaded week(s), served to "
              f"{cfg.promotion.canary_share:.0%} of callers")
     if cfg.promotion.require_approval:
-        request_approval(cfg, store, isbn, version, champion.version, found, correlation_id)
+        request_approval(cfg, store, isbn, version, champion.version, found,
+                         f"It is on trial as challenger beside v{champion.version}", correlation_id)
         trial += "; its promotion waits for approval"
     return Outcome("challenger", f"{reason}: {trial}")
 
@@ -259,14 +260,16 @@ def approval_id(isbn: str, version: str) -> str:
     return f"{isbn}-v{version}"
 
 
-def request_approval(cfg: Settings, store: RunStore, isbn: str, version: str, champion_version: str,
-                     found: list[str], correlation_id: str) -> None:
+def request_approval(cfg: Settings, store: RunStore, isbn: str, version: str, champion_version: str | None,
+                     found: list[str], context: str, correlation_id: str) -> None:
+    """Record a promotion that waits for a person (why it is risky, and where the version is
+    meanwhile) and alert it."""
     store.col(APPROVALS).document(approval_id(isbn, version)).set({
         "isbn": isbn, "version": version, "champion_version": champion_version, "status": PENDING, "risks": found,
         "requested_at": now(), "correlation_id": correlation_id})
     send(cfg, store, Alert(f"approval:{isbn}:{version}", WARNING, f"{isbn} v{version} waits for approval",
-                           "; ".join(found) + f". It is on trial as challenger beside v{champion_version}. "
-                           f"bookcast approve {isbn} {version} --reason ... (or reject)", correlation_id))
+                           f"{'; '.join(found)}. {context}. bookcast approve {isbn} {version} --reason ... "
+                           "(or reject)", correlation_id))
 
 
 def _close_approval(store: RunStore, isbn: str, version: str, status: str, why: str) -> None:
