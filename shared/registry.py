@@ -96,8 +96,28 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
                                        pip_requirements=PIP_REQUIREMENTS, signature=pyfunc_signature(),
                                        input_example=PYFUNC_EXAMPLE)
     version_tags = {**{k: str(v) for k, v in tags.items()}, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
-    version = mlflow.register_model(info.model_uri, name, tags=version_tags)
+    version = _new_version(mlflow_client, name, info.model_uri, info.model_id, version_tags)
     return Registration(version=str(version.version), run_id=run.info.run_id)
+
+
+def _new_version(mlflow_client, name: str, model_uri: str, model_id: str, tags: dict[str, str]):
+    """What ``mlflow.register_model`` does for a logged model, without the messages it prints
+    to stderr ("Successfully registered model ...", "Created version ..."): in the cloud every
+    stderr line becomes an ERROR entry, and locally they break one JSON object per line.
+    The same calls: the model (if new), the version, and the link MLflow's UI shows from the
+    logged model (logged just now for this version alone) to it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = mlflow_client.create_model_version(name, model_uri, tags=tags, model_id=model_id)
+    mlflow_client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(
+        [{"name": version.name, "version": version.version}])})
+    return version
 
 
 def _log_bytes(mlflow_client, run_id: str, content: bytes, name: str) -> None:
