@@ -30,6 +30,7 @@ bench: bench-setup ## speed and accuracy benchmarks, beside their targets
 	$(PY) -m bench.training
 	$(PY) -m bench.decisions
 	$(PY) -m bench.forecast
+	$(PY) -m bench.dashboard
 
 bench-scale: setup ## catalogue scale: 1,000 ISBNs end to end, 10,000 decided/monitored/exported (~40 min)
 	$(PY) -m bench.scale

@@ -9,6 +9,7 @@ function under functions-framework). Prints the fleet page's load time beside it
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +145,7 @@ def main() -> None:
             table.add_row(label, f"{first:.0f}", f"{median:.0f}", f"{times[int(0.9 * (len(times) - 1))]:.0f}",
                           target + verdict)
         console.print(table)
+        console.print("load average during the run (2 cores shared): " + " / ".join(f"{v:.1f}" for v in os.getloadavg()))
     finally:
         for proc in reversed(started):
             stop(proc)

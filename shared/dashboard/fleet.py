@@ -111,14 +111,14 @@ def row(cfg: Settings, isbn: str, target, summary: dict, training: bool, degrade
         flags = [TRAINING] if training else [UNSERVED]
         return FleetRow(isbn=isbn, state=flags[0], flags=flags)
     quarantined = newest_quarantined is not None and int(newest_quarantined) > int(target.version)
+    tags = target.tags
+    age_days = parameter_age_days(tags, target.created_at, at)  # what decisions and the monitor judge
     flags = [state for state, applies in (
         (TRAINING, training), (DEGRADED, degraded), (QUARANTINED, quarantined),
-        (STALE, monitoring.staleness(cfg, target) is not None), (BASELINE, monitoring.is_baseline(target)))
+        (STALE, age_days > cfg.decision.max_model_age_days), (BASELINE, monitoring.is_baseline(target)))
         if applies] or [HEALTHY]
-    tags = target.tags
     return FleetRow(isbn=isbn, state=flags[0], flags=flags, version=target.version, family=tags.get("family", ""),
-                    kind=tags.get("kind", ""), age_days=round(parameter_age_days(tags, target.created_at, at), 1),
-                    data_end=summary.get("data_end") or "",
+                    kind=tags.get("kind", ""), age_days=round(age_days, 1), data_end=summary.get("data_end") or "",
                     trained_at=target.created_at, metrics=metrics_from_tags(tags) or {},
                     label=summary.get("label") or "")
 
