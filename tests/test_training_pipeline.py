@@ -3,6 +3,7 @@ Pub/Sub emulators. Each test uses its own project and model-name prefix."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,6 +37,9 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
     assert sum(run["counts"].values()) == len(results) and run["compute_seconds"] > 0
 
     client = registry.client(cfg)
+    report = Path(client.download_artifacts(run["report_mlflow_run_id"], "report.html", str(tmp_path))).read_text()
+    assert all(isbn in report for isbn in results) and "only 20 weeks" in report  # every ISBN, gate verdicts
+    assert report.count("get-artifact?path=holdout_forecast.png") == len(trained)  # the holdout plots
     for isbn in trained:
         versions = client.search_model_versions(f"name='{cfg.model_name(isbn)}'")
         version = next(v for v in versions if v.tags.get("kind") == "candidate")

@@ -20,6 +20,7 @@ from shared.forecasting import gates
 from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
 from shared.registry import Tags
 from shared.logs import get_logger
+from shared.training import report
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
 
 log = get_logger(__name__)
@@ -326,6 +327,8 @@ def record_and_publish(request: dict, results: list[dict]) -> dict:
     job = TrainingJob.model_validate({k: v for k, v in request.items() if k != "zenml_run_id"})  # a step's addition
     status = shards.run_status([], [r["status"] for r in results])
     servable = sum(r["status"] in shards.SERVABLE for r in results)
-    shards.close(cfg, RunStore(cfg), shards.ShardRef.of_job(job), status, results,
-                 f"{servable} of {len(results)} servable", zenml_run_id=request.get("zenml_run_id", ""))
+    store = RunStore(cfg)
+    if shards.close(cfg, store, shards.ShardRef.of_job(job), status, results,
+                    f"{servable} of {len(results)} servable", zenml_run_id=request.get("zenml_run_id", "")):
+        report.log_run_report(cfg, store, job.run_id)  # the run closed: its report covers every shard's ISBNs
     return {"status": status, "results": results, "finished_at": datetime.now(timezone.utc).isoformat()}
