@@ -111,7 +111,7 @@ def run_demo(stack: Stack, console: Console) -> int:
             return 1
     else:
         console.rule(f"run {run['run_id']}: {run['status']}")
-        _results_table(list((run.get("results") or {}).values()))
+        _results_table(list(store.run(run["run_id"])["results"].values()))  # gathered from the run's shards
 
     console.rule("the same file again: nothing changed, so nothing should train")
     again = f"{correlation_id}-again"
