@@ -137,7 +137,7 @@ def _wait_for_outcome(args, cfg, correlation_id: str) -> int:
         stderr.print(f"[red]request rejected:[/] {'; '.join(cause.get('reasons') or [])}")
         return 1
     decisions = sorted(found["decisions"], key=lambda d: d["isbn"])
-    run = runs[0] if runs else None
+    run = store.run(runs[0]["run_id"]) if runs else None  # with its results, gathered from its shards
     rows = [{"isbn": d["isbn"], "action": d["action"], "reasons": d["reasons"],
              **_result_columns(((run or {}).get("results") or {}).get(d["isbn"]))} for d in decisions]
     emit(args, f"outcome of {correlation_id}" + (f": run {run['run_id']} {run['status']}" if run else

@@ -14,6 +14,7 @@ import pytest
 
 from shared.identity import mint_local_token
 from shared.runstore import RunStore
+from tests.helpers import sample
 from tests.test_rollback import history, rollback_url  # noqa: F401 (fixtures)
 
 
@@ -103,9 +104,19 @@ def test_a_missing_file_or_an_unknown_profile_is_a_message_not_a_traceback(cfg, 
     assert status == 2 and "unknown profile 'bogus'" in err
 
 
+@pytest.mark.usefixtures("mlflow_server")
 def test_request_wait_prints_the_outcome(cfg, cli, probe, trigger_function):
     status, out, err = cli("request", "--isbn", "978-0-306-40615-7", "--wait", "--timeout", "60", "--format", "json")
     assert status == 0 and json.loads(out) == [] and "correlation id request-" in err  # no data: nothing to train
+
+    frame = sample(1, years=2)
+    isbn = frame["isbn"].iloc[0]
+    RunStore(cfg).col("series").document(isbn).set(
+        {"isbn": isbn, "sources": ["test"], "weeks": {str(w): int(u) for w, u in zip(frame["week"], frame["units"])}})
+    status, out, _ = cli("request", "--isbn", isbn, "--wait", "--timeout", "600", "--format", "json")
+    (outcome,) = json.loads(out)  # decided, trained by a local job, and its result
+    assert status == 0 and outcome["action"] == "train" and outcome["status"] in ("promoted", "baseline")
+    assert outcome["version"] and outcome["MASE"] is not None
 
 
 def test_request_wait_gives_up_at_its_timeout(cfg, cli, probe):
