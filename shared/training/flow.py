@@ -106,7 +106,8 @@ def shard_workers(cfg: Settings, shards: int) -> int:
 def trained(cfg: Settings, series: dict[str, dict], shards: int = 1):
     """Tune, fit and evaluate every ISBN in parallel worker processes, yielding each
     candidate as it finishes (with progress on a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     if not series:
         return
@@ -114,7 +115,8 @@ def trained(cfg: Settings, series: dict[str, dict], shards: int = 1):
     workers = shard_workers(cfg, shards)
     jobs = [(isbn, s["weeks"], s["units"], cfg.training.model_dump_json(), specs.get(isbn)) for isbn, s in series.items()]
     progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.description}"), disable=not sys.stderr.isatty(), transient=False)
+                        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
+                        disable=not sys.stderr.isatty(), transient=False)
     # spawn, not fork: the parent holds gRPC channels that do not survive a fork. No
     # max_tasks_per_child: on Python 3.11 a pool whose workers retire after N tasks hangs
     # for good once every worker has retired (a 47-ISBN run stopped at 2 x 20 = 40).
