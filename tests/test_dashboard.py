@@ -125,8 +125,10 @@ def browser(request):
         yield launched
         launched.close()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter:
-        reporter.write_line(f"dashboard screenshots: {SCREENSHOTS}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter and capture:  # past pytest's capture, so the path shows in the run's output
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\ndashboard screenshots: {SCREENSHOTS}")
 
 
 @pytest.fixture
