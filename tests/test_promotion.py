@@ -32,11 +32,11 @@ pytestmark = pytest.mark.usefixtures("mlflow_server")
 
 
 def register_fitted(cfg, store, isbn: str, frame, kind: str, alias: str | None, scale: float = 1.0,
-                    baseline: bool = False) -> str:
+                    baseline: bool = False, data_hash: str | None = None) -> str:
     """A version of ``kind`` fitted on the frame's units (times ``scale``), moved to ``alias``."""
     fitted = models.fit(frame["units"].to_numpy(float) * scale, frame["week"].iloc[0], ModelSpec(kind=kind)).to_dict()
     tags = {"kind": "baseline" if baseline else "candidate", "family": kind, "spec": json.dumps({"kind": kind}),
-            "gate": "passed", "quarantined": "false", "data_hash": series_hash(weeks_of(frame)),
+            "gate": "passed", "quarantined": "false", "data_hash": data_hash or series_hash(weeks_of(frame)),
             "baseline": str(baseline).lower()}
     version = registry.register(cfg, isbn, fitted, serving_forecast(fitted), params={"family": kind},
                                 metrics={"mae": 10.0}, tags=tags).version
@@ -77,7 +77,8 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     champions = {}
     for isbn in (winner, loser):  # a theta champion that was just rolled back to: any candidate is risky
         own = history[history["isbn"] == isbn]
-        champions[isbn] = register_fitted(cfg, store, isbn, own, "theta", "champion")
+        behind = "0" * 64 if isbn == loser else None  # fitted on other data: re-estimated while it serves on
+        champions[isbn] = register_fitted(cfg, store, isbn, own, "theta", "champion", data_hash=behind)
         register_fitted(cfg, store, isbn, own, "theta", "champion", scale=1.2)
     rollback(cfg, RollbackRequest(isbns=[winner, loser], to="previous", reason="too high"),
              Caller("oncall@bookcast.local", "oncall", LOCAL_ISSUER), store)
@@ -87,9 +88,13 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     assert {r["status"] for r in results.values()} == {"challenger"}, results
     assert all("the ISBN was rolled back" in r["reason"] for r in results.values())
     challengers = {i: results[i]["version"] for i in results}
+    refit = registry.version_by_alias(cfg, loser)
+    assert refit.tags["kind"] == "refit" and refit.tags["refreshes"] == champions[loser]
+    assert f"champion v{champions[loser]} re-estimated" in results[loser]["reason"]
+    champions[loser] = refit.version  # no retraining loop on the next decision for its data
     for isbn in (winner, loser):
         assert served_version(cfg, isbn) == champions[isbn] and served_version(cfg, isbn, CHALLENGER) == challengers[isbn]
-        assert store.alias_history(isbn)[-1]["action"] == "challenge"
+        assert [m["to_version"] for m in store.alias_history(isbn) if m["action"] == "challenge"] == [challengers[isbn]]
     assert (CHALLENGER, "challenge") in {(e["alias"], e["action"]) for e in probe.messages("model-changes", at_least=8)}
 
     # The winner's new weeks are what its challenger forecast; the loser's, its champion's.

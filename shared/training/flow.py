@@ -215,21 +215,15 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
         reference = serving_forecast(candidate.champion_refit) if candidate.champion_refit else None
         outcome = promotion.after_gates(cfg, store, candidate.isbn, registration.version, candidate.spec["kind"],
                                         candidate.serving, reference, request["correlation_id"])
+        reason = outcome.reason
+        if outcome.status == "challenger":  # the champion serves on during the trial
+            reason += refit_if_behind(cfg, store, request, candidate, info, registry.version_by_alias(cfg, candidate.isbn))
         return IsbnResult(isbn=candidate.isbn, status=outcome.status, version=registration.version,
-                          mlflow_run_id=registration.run_id, reason=outcome.reason, metrics=_round(candidate.metrics))
+                          mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     reason = "quarantined: " + "; ".join(verdict.reasons)
     champion = registry.version_by_alias(cfg, candidate.isbn)
-    if champion is not None:
-        # The champion's structure won, so it keeps serving. If its data is behind or its
-        # parameters are past the age limit, it is re-estimated on the decided series: its
-        # forecast starts after the newest week, and the next decision does not retrain it
-        # again for the parameters' age.
-        created = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, timezone.utc)
-        behind = (champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
-                  or parameter_age_days(champion.tags, created, datetime.now(timezone.utc)) > cfg.decision.max_model_age_days)
-        if candidate.champion_refit and behind:
-            refit = register_refit(cfg, store, request, candidate, info, champion)
-            reason += f"; champion v{champion.version} re-estimated on the new data as v{refit}"
+    if champion is not None:  # the champion's structure won, so it keeps serving
+        reason += refit_if_behind(cfg, store, request, candidate, info, champion)
         return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
@@ -245,6 +239,20 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     return IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version, mlflow_run_id=baseline.run_id,
                       reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
                       metrics=_round(candidate.baseline_metrics))  # what serves is the baseline: its metrics
+
+
+def refit_if_behind(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:
+    """For a champion that serves on (the candidate lost, or is on trial as challenger): if
+    its data is behind or its parameters are past the age limit, re-estimate it on the
+    decided series, so its forecast starts after the newest week and the next decision does
+    not retrain it again for its data or its parameters' age. What was done, for the reason."""
+    created = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, timezone.utc)
+    behind = (champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
+              or parameter_age_days(champion.tags, created, datetime.now(timezone.utc)) > cfg.decision.max_model_age_days)
+    if not (candidate.champion_refit and behind):
+        return ""
+    refit = register_refit(cfg, store, request, candidate, info, champion)
+    return f"; champion v{champion.version} re-estimated on the new data as v{refit}"
 
 
 def register_refit(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:
