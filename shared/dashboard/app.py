@@ -130,8 +130,10 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
 
     @app.get("/alerts")
     def alerts_page():
-        states = sorted(db().stream(alerting.ALERTS), key=lambda a: a.get(alerting.LAST_SENT_AT) or alerting.NEVER,
-                        reverse=True)[:LIST_LIMIT]
+        from google.cloud import firestore
+
+        newest = db().col(alerting.ALERTS).order_by(alerting.LAST_SENT_AT, direction=firestore.Query.DESCENDING)
+        states = [s.to_dict() for s in newest.limit(LIST_LIMIT).stream()]
         day = alerting.counts(db(), now() - timedelta(hours=23), now())
         received = inbox.read(inbox.path(cfg), LIST_LIMIT)
         return render_template("alerts.html", alerts=states, day=day, received=received,

@@ -48,7 +48,6 @@ class FleetRow:
     kind: str = ""
     age_days: float | None = None
     data_end: str = ""
-    trained_at: datetime | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     label: str = ""
 
@@ -119,7 +118,7 @@ def row(cfg: Settings, isbn: str, target, summary: dict, training: bool, degrade
         if applies] or [HEALTHY]
     return FleetRow(isbn=isbn, state=flags[0], flags=flags, version=target.version, family=tags.get("family", ""),
                     kind=tags.get("kind", ""), age_days=round(age_days, 1), data_end=summary.get("data_end") or "",
-                    trained_at=target.created_at, metrics=metrics_from_tags(tags) or {},
+                    metrics=metrics_from_tags(tags) or {},
                     label=summary.get("label") or "")
 
 
