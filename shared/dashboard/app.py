@@ -1,8 +1,9 @@
 """The dashboard's pages: server-rendered HTML (Flask and Jinja, no JavaScript), so every
 filter, sort and link is a plain URL that works in any browser and in tests.
 
-Pages read Firestore through RunStore and the champion index; only an ISBN's own page asks
-MLflow (its versions, and its forecast through the forecast function's serving path).
+Pages read Firestore through RunStore and the champion index. The registry is asked once
+per fleet page (one search for quarantined versions, shared/dashboard/fleet.py) and by an
+ISBN's own page (its versions, and its forecast through the forecast function's serving path).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from flask import Flask, Response, abort, redirect, render_template, request, ur
 from shared import alerting, isbn as isbn_rules, model_store
 from shared.config import Settings, settings
 from shared.dashboard import charts, inbox
-from shared.dashboard.fleet import SORTABLE, STATE_MEANING, STATES, counts, fleet, select
+from shared.dashboard.fleet import STATE_MEANING, STATES, counts, fleet, select
 from shared.runstore import RUN_STATES, RunStore, now
 from shared.trace import timeline
 
@@ -60,7 +61,7 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
                        query=args.get("q"), sort=sort, descending=args.get("order") == "desc")
         return render_template("fleet.html", rows=shown, total=len(rows), counts=counts(rows), states=STATES,
                                meaning=STATE_MEANING, families=sorted({r.family for r in rows if r.family}),
-                               sortable=SORTABLE, args=args, sort=sort, quarantine_known=quarantine_known)
+                               args=args, sort=sort, quarantine_known=quarantine_known)
 
     @app.get("/isbn/<isbn>")
     def isbn_page(isbn: str):
