@@ -193,8 +193,6 @@ class Stack:
         if name == "monitor":
             env.setdefault("BOOKCAST_ALERTS__FORECAST_HEALTH_URL",
                            f"http://127.0.0.1:{self.ports.functions['forecast']}/health")
-        if name == "dashboard":  # the rollback command it shows for the local cloud
-            env.setdefault("BOOKCAST_DASHBOARD__ROLLBACK_URL", self.function_url("rollback"))
         proc = spawn(f"function-{name}" if project in (None, self.project) else f"function-{name}-{project}",
                      command, port, self.log_dir, env=env, cwd=str(ROOT))
         # Any HTTP answer means the server is up (event functions answer GET with an error).

@@ -57,11 +57,6 @@ class ServingSettings(BaseModel):
                                                              "without asking it (one background probe at a time)")
 
 
-class DashboardSettings(BaseModel):
-    rollback_url: str | None = Field(None, description="the rollback function's local URL, for the command the "
-                                                         "ISBN page shows beside `gcloud functions call`")
-
-
 class VertexSettings(BaseModel):
     project: str = "bookcast-prod"
     region: str = "europe-west1"
@@ -195,7 +190,6 @@ class Settings(BaseSettings):
     gates: GateSettings = GateSettings()
     decision: DecisionSettings = DecisionSettings()
     serving: ServingSettings = ServingSettings()
-    dashboard: DashboardSettings = DashboardSettings()
     vertex: VertexSettings = VertexSettings()
     alerts: AlertSettings = AlertSettings()
     promotion: PromotionSettings = PromotionSettings()

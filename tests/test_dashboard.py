@@ -103,7 +103,7 @@ def site(cloud, mlflow_server, tmp_path_factory):
             port = free_port()
             started.append(cloud.start_function("dashboard", project=project, port=port, extra_env={
                 "BOOKCAST_PROFILE": "test", "BOOKCAST_MODEL_NAME_PREFIX": cfg.model_name_prefix,
-                "BOOKCAST_STATE_DIR": str(state), "BOOKCAST_DASHBOARD__ROLLBACK_URL": "http://127.0.0.1:8084"}))
+                "BOOKCAST_STATE_DIR": str(state)}))
             yield {"url": f"http://127.0.0.1:{port}", "cfg": cfg, "isbns": isbns, "run_id": run_id,
                    "accepted": accepted_id, "rejected": rejected_id, "alert": alert}
         finally:
@@ -195,7 +195,7 @@ def test_isbn_page_shows_forecast_versions_decisions_moves_and_the_rollback_comm
     assert "refresh" in decisions and f"{NEW_WEEKS} new week(s)" in decisions
     command = page.locator("#rollback-command").inner_text()
     assert "gcloud functions call rollback" in command and f'"isbns": ["{isbn}"]' in command
-    assert "http://127.0.0.1:8084/" in page.locator("#rollback-local").inner_text()
+    assert f'bookcast rollback {isbn} --to previous' in page.locator("#rollback-cli").inner_text()
 
     page.click("#decisions a:text('upload')")  # the decision's cause: its trace
     assert page.locator("h1").inner_text() == f"Trace of {site['accepted']}"

@@ -76,12 +76,12 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
             registry_error = None
         moves = store.alias_history(isbn)
         served = next((v for v in versions if target and v.version == target.version), None)
-        rollback = {"isbns": [isbn], "to": "previous", "reason": "REASON", "actor": "YOUR NAME"}
+        rollback = {"isbns": [isbn], "to": "previous", "reason": "REASON"}
         return render_template(
             "isbn.html", isbn=isbn, versions=list(reversed(versions)), served=served, moves=list(reversed(moves)),
             rollbacks=[m for m in reversed(moves) if m["action"] in ("rollback", "revert")],
             decisions=store.decisions(limit=50, isbn=isbn), registry_error=registry_error,
-            rollback_json=json.dumps(rollback), region=cfg.region, alias=cfg.serving.alias, rollback_url=cfg.dashboard.rollback_url,
+            rollback_json=json.dumps(rollback), region=cfg.region, alias=cfg.serving.alias,
             series=store.series(isbn) is not None)
 
     @app.get("/isbn/<isbn>/forecast.png")
