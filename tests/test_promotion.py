@@ -200,9 +200,10 @@ def test_a_risky_promotion_waits_for_approval_and_round_trips_with_an_audit_reco
     move = [m for m in store.alias_history(isbn) if m["alias"] == "champion"][-1]
     assert (move["to_version"], move["actor"]) == (first, audit["actor"]) and "approved by" in move["reason"]
     assert store.get(APPROVALS, promotion.approval_id(isbn, first))["status"] == promotion.APPROVED
-    again = bookcast(cfg, "approve", isbn, first, "--reason", "checked the launch plan")
-    assert json.loads(again.stdout)["replayed"] is True
-    assert bookcast(cfg, "reject", isbn, first, "--reason", "too late").returncode == 1  # decided already
+    again = promotion.decide_approval(cfg, isbn, first, True, "checked the launch plan", "someone", store)
+    assert again == {**result, "replayed": True}
+    with pytest.raises(promotion.ApprovalError, match="approved already"):
+        promotion.decide_approval(cfg, isbn, first, False, "too late", "someone", store)
 
     # Over HTTP: the rollback function's route, with the same identity rules as a rollback.
     second = candidate(4.0, "differ from the champion's by 100%")  # twice the units of the first
