@@ -1,4 +1,4 @@
-"""`bookcast`: train, inspect runs and decisions, upload sales, make sample data."""
+"""`bookcast`: train, request and follow training, inspect runs, decisions and uploads, roll back, make sample data."""
 from __future__ import annotations
 
 import argparse
@@ -582,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bookcast {version('bookcast')}")
     parser.add_argument("--profile", help="development | test | production (default: BOOKCAST_PROFILE)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="one of these (bookcast COMMAND --help for its options)")
     train = sub.add_parser("train", help="train ISBNs now (forced), from uploads or local files")
     train.add_argument("--file", action="append", help="local CSV/Parquet (repeatable); default: uploaded data")
     train.add_argument("--isbn", action="append", type=isbn_argument, help="restrict to these ISBNs (repeatable)")

@@ -2,6 +2,7 @@
 exit status 2 and the reason, --version."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -45,6 +46,16 @@ def test_read_commands_print_json_and_csv_alone_on_stdout(cfg):
 def test_bad_arguments_exit_2_with_the_reason(cfg, args, reason):
     result = bookcast(cfg, *args)
     assert result.returncode == 2 and reason in result.stderr and result.stdout == ""
+
+
+def test_every_command_and_option_has_help():
+    from shared.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    undocumented = [(name, a.dest) for name, command in [("bookcast", parser), *commands.choices.items()]
+                    for a in command._actions if not a.help]
+    assert undocumented == [] and "exit status" in parser.format_help()
 
 
 def test_version(cfg):
