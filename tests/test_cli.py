@@ -96,13 +96,18 @@ def test_every_read_command_round_trips_through_json(cfg, cli):
     assert [r["isbn"] for r in csv.DictReader(io.StringIO(out))] == ["9780306406157"]
 
 
-def test_an_emulator_that_is_down_fails_fast_naming_it_and_the_fix(cfg):
-    from emulators.processes import free_port
+@pytest.mark.parametrize("listening", [False, True], ids=["port closed", "server silent"])
+def test_an_emulator_that_is_down_fails_fast_naming_it_and_the_fix(cfg, listening):
+    import socket
 
-    port = free_port()  # nothing listens there
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    if not listening:
+        silent.close()
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "shared.cli", "runs"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{port}"})
+    silent.close()
     assert time.monotonic() - started < 10
     assert result.returncode == 3 and result.stdout == ""
     assert f"Firestore emulator at 127.0.0.1:{port} is not answering" in result.stderr and "make up" in result.stderr
