@@ -487,7 +487,9 @@ def cmd_rollback(args, cfg) -> int:
         return EXIT_USAGE if response.status_code == 400 else EXIT_FAILED
     stderr.print(f"audit id {answer['audit_id']}, alias backup {answer['backup_id']}"
                  + (" (a repeated request: the recorded result)" if answer.get("replayed") else ""), highlight=False)
-    emit(args, f"rollback {'done' if answer['ok'] else 'incomplete'}", answer["results"])
+    columns = ("isbn", "status", "from_version", "to_version", "detail")  # the function's JSON has its keys sorted
+    emit(args, f"rollback {'done' if answer['ok'] else 'incomplete'}",
+         [{c: r.get(c) for c in columns} for r in answer["results"]])
     return 0 if answer["ok"] else EXIT_FAILED
 
 
