@@ -41,9 +41,12 @@ def render(run: dict, results: dict[str, dict], tracking_uri: str, plot_artifact
     for isbn, result in sorted(results.items()):
         metrics = result.get("metrics") or {}
         colour = STATUS_COLOURS.get(result["status"], "#495057")
-        plot = (f'<img loading="lazy" alt="holdout plot of {isbn}" src="{html.escape(tracking_uri)}/get-artifact?'
-                f'path={plot_artifact}&amp;run_uuid={html.escape(result["mlflow_run_id"])}">'
-                if result.get("mlflow_run_id") else "")
+        # A tuned candidate's run holds its holdout plot; a baseline's or a refresh's has none
+        # (the onerror hides the latter where the viewer runs scripts).
+        plot = (f'<img loading="lazy" alt="holdout plot of {isbn}" onerror="this.remove()" '
+                f'src="{html.escape(tracking_uri)}/get-artifact?path={plot_artifact}&amp;'
+                f'run_uuid={html.escape(result["mlflow_run_id"])}">'
+                if result.get("mlflow_run_id") and result["status"] != "baseline" else "")
         rows.append(
             f"<tr><td>{isbn}</td><td style='color:{colour}'>{html.escape(result['status'])}</td>"
             f"<td>{html.escape(str(result.get('version') or '–'))}</td><td>{_number(metrics.get('mase'))}</td>"
