@@ -708,7 +708,8 @@ class UsageError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure("WARNING" if args.command in ("runs", "run", "decisions", "aliases", "uploads", "upload", "trace",
-                                            "thresholds", "cost", "token", "rollback") else "INFO", stream=sys.stderr)
+                                            "thresholds", "cost", "token", "rollback") else "INFO", stream=sys.stderr,
+              readable=sys.stderr.isatty())  # JSON for pipes and log collectors, plain lines for people
     try:
         cfg = load_settings(args.profile)
     except ValueError as error:  # an unknown profile, or a BOOKCAST_* variable that does not parse

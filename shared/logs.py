@@ -82,22 +82,34 @@ class CloudLoggingFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "INFO", stream=None, http: bool = False) -> None:
+class ReadableFormatter(logging.Formatter):
+    """For a person at a terminal (the CLI's stderr): time, severity, message and correlation
+    id on one line; machines (Cloud Logging, pipes) get the JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        cid = getattr(record, "correlation_id", None) or correlation_id.get() or _labels.get().get("correlation_id")
+        text = (f"{datetime.fromtimestamp(record.created):%H:%M:%S} {record.levelname:<7} {record.getMessage()}"
+                + (f" ({cid})" if cid else ""))
+        return f"{text}\n{self.formatException(record.exc_info)}" if record.exc_info else text
+
+
+def configure(level: str = "INFO", stream=None, http: bool = False, readable: bool = False) -> None:
     """Idempotent: functions call it at import, workers at start. Logs go to stdout (what
     Cloud Functions forwards to Cloud Logging) unless ``stream`` says otherwise: the CLI
-    keeps stdout for its output. ``http``: an HTTP function, which logs each request."""
+    keeps stdout for its output. ``http``: an HTTP function, which logs each request;
+    ``readable``: plain lines for a person (ReadableFormatter) instead of JSON."""
     # Libraries that print or configure their own handlers would break one-JSON-object-per-line.
     for key, value in (("MLFLOW_CONFIGURE_LOGGING", "false"), ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
                        ("ZENML_LOGGING_VERBOSITY", "WARN"), ("ZENML_ENABLE_RICH_TRACEBACK", "false"),
                        ("ZENML_ANALYTICS_OPT_IN", "false"), ("ZENML_CAPTURE_PRINTS", "false")):
         os.environ.setdefault(key, value)
     root = logging.getLogger()
-    if any(isinstance(h.formatter, CloudLoggingFormatter) for h in root.handlers):
+    if any(isinstance(h.formatter, (CloudLoggingFormatter, ReadableFormatter)) for h in root.handlers):
         return
     if http:
         log_http_requests()
     handler = logging.StreamHandler(stream or sys.stdout)
-    handler.setFormatter(CloudLoggingFormatter())
+    handler.setFormatter(ReadableFormatter() if readable else CloudLoggingFormatter())
     handler.setLevel(level)  # ZenML names some loggers by file path: filter at the handler
     root.handlers[:] = [handler]
     root.setLevel(level)

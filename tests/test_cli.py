@@ -165,3 +165,19 @@ def test_rollback_calls_the_function_and_every_line_carries_its_audit_id(cfg, cl
     assert traced["logging.googleapis.com/trace"] == f"projects/{cfg.project_id}/traces/{trace}"
     assert traced["logging.googleapis.com/spanId"] == "00f067aa0ba902b7" and traced["httpRequest"]["status"] == 400
     assert all(line["logging.googleapis.com/sourceLocation"]["line"] for line in lines)
+
+
+def test_logs_are_plain_lines_on_a_terminal_and_json_in_a_pipe(cfg, probe):
+    import pty
+
+    env = {**os.environ, "BOOKCAST_PROJECT_ID": cfg.project_id, "BOOKCAST_PROFILE": "test"}
+    command = [sys.executable, "-m", "shared.cli", "request", "--format", "json"]
+    piped = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    (line,) = [json.loads(line) for line in piped.stderr.splitlines() if line.startswith("{")]
+    assert line["message"] == "published training.requested to training-requests"
+    terminal, other_end = pty.openpty()
+    subprocess.run(command, stdout=subprocess.PIPE, stderr=other_end, env=env, timeout=60, check=True)
+    os.close(other_end)
+    shown = os.read(terminal, 65536).decode()
+    os.close(terminal)
+    assert " INFO    published training.requested to training-requests (request-" in shown and "{" not in shown
