@@ -44,7 +44,7 @@ class DecisionSettings(BaseModel):
     max_model_age_days: int = Field(84, description="re-estimate parameters at least this often; refreshes in between")
     degradation_threshold: float = Field(0.25, description="relative error increase on unseen weeks")
     min_new_weeks_for_degradation: int = 4
-    work_budget_seconds: float = Field(30.0, ge=0, description="deciding stops after this long and a redelivery "
+    work_budget_seconds: float = Field(30.0, ge=0, description="deciding stops after this long and a new delivery "
                                                                  "resumes it, well inside the 60 s ack deadline")
 
 

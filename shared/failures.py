@@ -27,8 +27,8 @@ class PermanentFailure(Exception):
 
 
 class Unfinished(Exception):
-    """Work stopped at its time budget and left for a redelivery to resume: transient by
-    design, so a push is never held past its ack deadline."""
+    """Work stopped at its time budget, to be resumed by a new delivery of the same message
+    (shared/trigger.continue_later), so a push is never held past its ack deadline."""
 
 
 def parse(model: type[Model], message: PubSubMessage, defaults: dict | None = None) -> Model:

@@ -90,7 +90,18 @@ def snapshot_id(run_id: str, part: int) -> str:
 
 
 def snapshot_document(run_id: str, series: dict[str, DecidedSeries]) -> dict[str, Any]:
-    return {"run_id": run_id, "series": {isbn: s.model_dump(mode="json") for isbn, s in series.items()}}
+    """The series packed into one value (runstore.pack): a catalogue's snapshots are written
+    in its decisions' transactions, where encoding every week separately cost seconds."""
+    from shared.runstore import pack
+
+    return {"run_id": run_id, "isbns": sorted(series),
+            "packed": pack({isbn: s.model_dump(mode="json") for isbn, s in series.items()})}
+
+
+def snapshot_series(document: dict) -> dict[str, dict]:
+    from shared.runstore import unpack
+
+    return unpack(document["packed"]) if document.get("packed") else {}
 
 
 def write_snapshot(store, run_id: str, series: dict[str, DecidedSeries]) -> list[str]:
@@ -114,7 +125,7 @@ def read_snapshot(store, job: TrainingJob) -> dict[str, dict]:
     for start in range(0, len(job.snapshot), SNAPSHOT_BATCH):
         refs = [store.col(SNAPSHOTS).document(d) for d in job.snapshot[start:start + SNAPSHOT_BATCH]]
         for snap in store.db.get_all(refs):
-            found.update((i, s) for i, s in ((snap.to_dict() or {}).get("series") or {}).items() if i in wanted)
+            found.update((i, s) for i, s in snapshot_series(snap.to_dict() or {}).items() if i in wanted)
     return found
 
 

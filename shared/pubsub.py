@@ -29,3 +29,12 @@ def publish(cfg: Settings, topic: str, event: Event, timeout: float = 30.0) -> s
     log.info("published %s to %s", event.event_type, topic,  # type: ignore[attr-defined]
              extra={"topic": topic, "message_id": message_id, "correlation_id": event.correlation_id})
     return message_id
+
+
+def republish(cfg: Settings, topic: str, data: bytes, attributes: dict[str, str], timeout: float = 30.0) -> str:
+    """Publish a message received on ``topic`` again, as it was, with extra ``attributes``."""
+    path = publisher().topic_path(cfg.project_id, topic)
+    message_id = publisher().publish(path, data, **attributes).result(timeout=timeout)
+    log.info("republished to %s", topic, extra={"topic": topic, "message_id": message_id,
+                                                "correlation_id": attributes.get("correlation_id")})
+    return message_id

@@ -6,6 +6,7 @@ lists every problem as ``file:row: rule: detail`` so the publisher can fix it in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -81,9 +82,12 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
     rows: list[tuple[str, date, int]] = []
     with_bad_rows: set[str] = set()  # a refused row is reported once, not again as a gap
     current_week = rules.current_week()
+    # A catalogue repeats each ISBN on every one of its weeks: check each distinct value once.
+    isbn_problem = functools.lru_cache(maxsize=None)(isbn_rules.problem)
+    normalise = functools.lru_cache(maxsize=None)(isbn_rules.normalise)
     for index, (raw_isbn, raw_week, raw_units) in enumerate(frame[list(COLUMNS)].itertuples(index=False)):
         where = f"{name}:{index + 2}"  # row 1 is the header
-        problem = isbn_rules.problem(raw_isbn)
+        problem = isbn_problem(raw_isbn)
         if problem:
             reasons.append(f"{where}: isbn: {problem}")
             continue
@@ -113,9 +117,9 @@ def parse_upload(name: str, content: bytes, rules: UploadRules = UploadRules()) 
         elif week < FIRST_WEEK:
             reasons.append(f"{where}: week: {week} is before {FIRST_WEEK}")
         else:
-            rows.append((isbn_rules.normalise(raw_isbn), week, int(units_float)))
+            rows.append((normalise(raw_isbn), week, int(units_float)))
         if len(reasons) > rows_before:
-            with_bad_rows.add(isbn_rules.normalise(raw_isbn))
+            with_bad_rows.add(normalise(raw_isbn))
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     duplicated = table[table.duplicated(["isbn", "week"], keep=False)]
     for (isbn, week), _ in duplicated.groupby(["isbn", "week"]):
@@ -149,6 +153,16 @@ def series_hash(weeks: dict[str, int]) -> str:
 
 def weeks_of(rows: pd.DataFrame) -> dict[str, int]:
     return {str(w): int(u) for w, u in zip(rows["week"], rows["units"])}
+
+
+def weeks_by_isbn(rows: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """``weeks_of`` for every ISBN of an upload in one pass over whole columns (a 10,000-ISBN
+    catalogue is 1.5 million rows: a group-by per ISBN takes seconds)."""
+    found: dict[str, dict[str, int]] = {}
+    for isbn, week, units in zip(rows["isbn"].tolist(), rows["week"].astype(str).tolist(),
+                                 rows["units"].astype("int64").tolist()):
+        found.setdefault(isbn, {})[week] = units
+    return found
 
 
 def upload_order(time_created: datetime, generation: int | str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta
 
 from google.api_core.exceptions import AlreadyExists, NotFound
@@ -32,16 +33,16 @@ from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick
 from shared.failures import PermanentFailure, Unfinished, parse
 from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
 from shared.logs import correlated, get_logger
-from shared.runstore import RunStore, now
+from shared.runstore import RunStore, now, pack_series, unpack_series
 
 log = get_logger(__name__)
 
 # ISBNs are decided in groups, one transaction each, which writes their series, decisions,
-# leases and snapshot: about 75 bytes per week of merged series. A group holds at most
-# GROUP_WEEKS weeks (~0.9 MB, against the 4 MiB gRPC message and 10 MiB request limits) and
-# GROUP_MAX_ISBNS ISBNs (~3 writes each, against 500 per commit): 76 three-year series, or
-# 4 of the longest possible (~2,900 weeks, sales.FIRST_WEEK).
-GROUP_WEEKS = 12_000
+# leases and snapshot, the weeks packed (runstore.pack: ~10 bytes a week). A group holds at
+# most GROUP_WEEKS weeks (well under 1 MB, against the 4 MiB gRPC message and 10 MiB request
+# limits) and GROUP_MAX_ISBNS ISBNs (~3 writes each, against 500 per commit): 100 three-year
+# series, or 13 of the longest possible (~2,900 weeks, sales.FIRST_WEEK).
+GROUP_WEEKS = 40_000
 GROUP_MAX_ISBNS = 100
 UNKNOWN_SERIES_WEEKS = 520  # a series stored before its length was recorded: assume ten years
 DECIDING, ACCEPTED, REJECTED = "deciding", "accepted", "rejected"
@@ -68,7 +69,7 @@ class Cause:
 
 @dataclass
 class Outcome:
-    status: str                    # accepted | rejected | duplicate
+    status: str                    # accepted | rejected | duplicate | continued
     detail: str
     run_id: str | None = None
     decisions: list[Decision] = field(default_factory=list)
@@ -82,7 +83,26 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
     store = store or RunStore(cfg)
     if store.get("messages", message.delivery_key):
         return Outcome("duplicate", f"message {message.message_id} was already handled")
-    return route(cfg, store, message)
+    try:
+        return route(cfg, store, message)
+    except Unfinished as unfinished:
+        return continue_later(cfg, message, str(unfinished))
+
+
+CONTINUATION = "bookcast_continuation"  # attribute: how many times the message was handed on
+
+
+def continue_later(cfg: Settings, message: PubSubMessage, why: str) -> Outcome:
+    """Work that stopped at its budget goes on at once in a new delivery: the message is
+    published again as it was and this one acknowledged. A failed push would wait for
+    Pub/Sub's growing backoff instead, and a catalogue would use up its delivery attempts
+    and be dead-lettered. Every delivery decides at least one group, so the chain ends."""
+    from shared.pubsub import republish
+
+    handed_on = int(message.attributes.get(CONTINUATION, "0")) + 1
+    republish(cfg, message.topic, message.data, {**message.attributes, CONTINUATION: str(handed_on)})
+    log.info("continued in a new delivery (%d): %s", handed_on, why, extra={"correlation_id": message.correlation_id})
+    return Outcome("continued", why)
 
 
 def on_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
@@ -148,22 +168,36 @@ def handle_upload(cfg: Settings, store: RunStore, obj: GcsObject, message_id: st
             return reject(cfg, store, cause, obj, [f"gs://{obj.bucket}/{obj.name}: bucket: uploads are accepted "
                                                    f"only in gs://{cfg.data_bucket}"])
         try:
-            rows = read_upload(cfg, obj)
+            incoming = upload_weeks(cfg, obj)
         except sales.UploadRejected as rejected:
             return reject(cfg, store, cause, obj, rejected.reasons)
-        incoming = {isbn: sales.weeks_of(group) for isbn, group in rows.groupby("isbn")}
         return decide_cause(cfg, store, cause, sorted(incoming), Upload(incoming, obj.upload_order, source))
 
 
-def read_upload(cfg: Settings, obj: GcsObject):
+def upload_weeks(cfg: Settings, obj: GcsObject) -> dict[str, dict[str, int]]:
+    """The upload's weeks per ISBN. The last upload read is kept: a catalogue is decided over
+    several deliveries (the work budget), and each would otherwise spend its budget reading
+    and parsing the same object generation again."""
+    return _upload_weeks(obj.bucket, obj.name, obj.generation, obj.size, cfg.project_id, cfg.upload_prefix,
+                         cfg.training.max_upload_bytes)
+
+
+@lru_cache(maxsize=1)
+def _upload_weeks(bucket: str, name: str, generation: str, size: int, project: str, prefix: str,
+                  max_bytes: int) -> dict[str, dict[str, int]]:
+    obj = GcsObject(bucket=bucket, name=name, generation=generation, size=size)
+    rules = sales.UploadRules(prefix=prefix, max_bytes=max_bytes)
+    return sales.weeks_by_isbn(read_upload(project, rules, obj))
+
+
+def read_upload(project: str, rules: sales.UploadRules, obj: GcsObject):
     from shared.gcs import storage_client
 
-    rules = sales.UploadRules(prefix=cfg.upload_prefix, max_bytes=cfg.training.max_upload_bytes)
     if not obj.name.startswith(rules.prefix):
         raise sales.UploadRejected(obj.name, [f"{obj.name}: location: uploads belong under {rules.prefix!r}"])
     if obj.size > rules.max_bytes:
         raise sales.UploadRejected(obj.name, [f"{obj.name}: size: {obj.size} bytes exceeds the limit of {rules.max_bytes}"])
-    blob = storage_client(cfg.project_id).bucket(obj.bucket).blob(obj.name, generation=int(obj.generation))
+    blob = storage_client(project).bucket(obj.bucket).blob(obj.name, generation=int(obj.generation))
     try:
         content = blob.download_as_bytes()
     except NotFound:
@@ -330,7 +364,7 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
         if marker.get(transaction=transaction).exists:
             return []
         series_refs = {i: store.col("series").document(i) for i in isbns}
-        series = store.read_many(transaction, series_refs)
+        series = {i: unpack_series(doc) for i, doc in store.read_many(transaction, series_refs).items()}
         held = leases.read(store, transaction, isbns)
         decisions, decided = [], {}
         for isbn in isbns:
@@ -350,10 +384,10 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
                 decided[isbn] = DecidedSeries.of(merged.weeks, sources)
             decisions.append(decision)
             if upload:
-                transaction.set(series_refs[isbn], {"isbn": isbn, "weeks": merged.weeks, "week_orders": merged.orders,
-                                                    "n_weeks": len(merged.weeks), "sources": sources,
-                                                    "data_hash": decision.inputs["data_hash"],
-                                                    "updated_at": now(), "last_cause": cause.key})
+                transaction.set(series_refs[isbn], pack_series({
+                    "isbn": isbn, "weeks": merged.weeks, "week_orders": merged.orders, "n_weeks": len(merged.weeks),
+                    "sources": sources, "data_hash": decision.inputs["data_hash"], "updated_at": now(),
+                    "last_cause": cause.key}))
         to_train = [d.isbn for d in decisions if d.action in (TRAIN, REFRESH)]
         leased, busy = leases.claim(store, transaction, held, to_train, run_id, cfg.training.lease_ttl_seconds,
                                     cause.as_dict())

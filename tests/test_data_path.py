@@ -17,7 +17,6 @@ from google.cloud.firestore_v1.types import Document
 from emulators.scheduler import fire
 from shared import model_store, trigger
 from shared.events import Topics
-from shared.failures import Unfinished
 from shared.gcs import storage_client
 from shared.jobs import SNAPSHOTS, TrainingJob, training_job
 from shared.reconcile import reconcile
@@ -120,30 +119,29 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
                           "units": rng.integers(0, 5000, 200_000)})
     upload(dry_cfg, "catalogue.csv", frame)
     (message,) = notifications(probe, 1)
-    attempts: list[float] = []  # a busy machine may need a redelivery: deciding stops at its budget
-    outcome = None
-    while outcome is None:
+    attempts: list[float] = []  # a busy machine may need a continuation: deciding stops at its budget
+    while True:
         started = time.monotonic()
-        try:
-            outcome = handle(dry_cfg, message)
-        except Unfinished:
-            pass
+        outcome = handle(dry_cfg, message)
         attempts.append(time.monotonic() - started)
+        if outcome.status != "continued":
+            break
+        (message,) = notifications(probe, 1)  # the same notification, published again at once
     seconds = max(attempts)
     assert outcome.status == "accepted" and len(attempts) <= 3
     store = RunStore(dry_cfg)
     run = store.run(outcome.run_id)
-    # 24 ISBNs of 500 weeks fill a group's 12,000 weeks: 17 groups, each one transaction and one snapshot.
-    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 17 and len(store.decisions(limit=500)) == 400
+    # 80 ISBNs of 500 weeks fill a group's 40,000 weeks: 5 groups, each one transaction and one snapshot.
+    assert len(run["isbns"]) == 400 and len(run["snapshot"]) == 5 and len(store.decisions(limit=500)) == 400
     cause = store.col("causes").document(f"upload-{message.gcs_object().upload_key}")
     largest_group = 0
     for marker in cause.collection(GROUPS).stream():
         group = marker.to_dict()["leased"]  # everything one group transaction wrote
-        written = [store.series(i) for i in group] + [store.get("leases", i) for i in group]
+        written = [store.get("series", i) for i in group] + [store.get("leases", i) for i in group]  # as stored
         written += [store.get("decisions", f"{cause.id}-{i}") for i in group]
         written += [store.get(SNAPSHOTS, marker.to_dict()["snapshot"]), marker.to_dict()]
         largest_group = max(largest_group, sum(stored_bytes(d) for d in written))
-    largest_doc = max(stored_bytes(d) for d in [run, cause.get().to_dict()] + [store.series(i) for i in isbns[:5]])
+    largest_doc = max(stored_bytes(d) for d in [run, cause.get().to_dict()] + [store.get("series", i) for i in isbns[:5]])
     print(f"\n400x500 decided in {sum(attempts):.1f}s ({len(attempts)} delivery(ies)); largest group commit "
           f"{largest_group} bytes; largest document {largest_doc} bytes")
     assert largest_group < GRPC_MESSAGE_LIMIT / 4 and largest_doc < FIRESTORE_DOCUMENT_LIMIT / 4
@@ -154,17 +152,19 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
 
 
-def test_deciding_stops_at_its_budget_and_a_redelivery_resumes_it(dry_cfg, probe, bucket, monkeypatch):
+def test_deciding_stops_at_its_budget_and_a_new_delivery_resumes_it_at_once(dry_cfg, probe, bucket, monkeypatch):
     monkeypatch.setattr(trigger, "GROUP_MAX_ISBNS", 8)
     hurried = dry_cfg.model_copy(update={"decision": dry_cfg.decision.model_copy(update={"work_budget_seconds": 0})})
     frame = sample(10, years=1, seed=57)  # two groups of ISBNs: 8 and 2
     upload(hurried, "two-groups.csv", frame)
     (message,) = notifications(probe, 1)
-    with pytest.raises(Unfinished, match="1 of 2 ISBN groups left"):
-        handle(hurried, message)  # the function answers 5xx: Pub/Sub redelivers
+    stopped = handle(hurried, message)  # acknowledged, and handed on to a new delivery at once
+    assert stopped.status == "continued" and "1 of 2 ISBN groups left" in stopped.detail
     store = RunStore(hurried)
     assert len(store.series_isbns()) == 8 and store.runs() == []
-    outcome = handle(hurried, message)  # the redelivery
+    (continuation,) = notifications(probe, 1)
+    assert continuation.data == message.data and continuation.attributes["bookcast_continuation"] == "1"
+    outcome = handle(hurried, continuation)
     assert outcome.status == "accepted" and len(outcome.decisions) == 2
     assert sorted(store.run(outcome.run_id)["isbns"]) == sorted(frame["isbn"].unique())
     assert handle(hurried, message).status == "duplicate"
@@ -239,16 +239,16 @@ def test_messages_no_retry_can_fix_are_recorded_acknowledged_and_alerted_once(dr
 
     project = dry_cfg.project_id
     tick_on_uploads = pushed(Topics.SALES_UPLOADS, project, b"", {"event_type": "schedule.tick"}, "7")
-    no_correlation = pushed(Topics.TRAINING_REQUESTS, project, b'{"event_type": "training.requested", "force": true}',
-                            {"event_type": "training.requested"}, "8")
-    for event in (tick_on_uploads, no_correlation, no_correlation):  # returning is the 2xx; raising a retry
+    not_a_request = pushed(Topics.TRAINING_REQUESTS, project, b'{"event_type": "training.requested", "isbns": "all"}',
+                           {"event_type": "training.requested"}, "8")
+    for event in (tick_on_uploads, not_a_request, not_a_request):  # returning is the 2xx; raising a retry
         trigger_training(event)
     store = RunStore(dry_cfg)
     assert store.runs() == [] and store.decisions() == []  # no retrain sweep, no training
     rejections = sorted(store.stream("rejections"), key=lambda r: r["message_id"])
     assert [r["topic"] for r in rejections] == [Topics.SALES_UPLOADS, Topics.TRAINING_REQUESTS]
     assert "not a GCS object notification" in rejections[0]["reason"]
-    assert "correlation_id: Field required" in rejections[1]["reason"]
+    assert "isbns" in rejections[1]["reason"]
     announced = probe.messages(Topics.REJECTED_INPUT, at_least=3, timeout=5)
     assert sorted(e["message_id"] for e in announced) == ["7", "8"]  # the redelivery is not announced again
 
@@ -269,7 +269,7 @@ def test_forged_internal_events_are_rejected_and_counted_signed_ones_alert(dry_c
     from shared.events import IsbnResult, TrainingEvent, encode
 
     event = TrainingEvent(correlation_id="cid-f", run_id="run-forged", status="failed", isbns=["9780306406157"],
-                          reason="<!channel> click http://evil.example",
+                          reason="<!channel> click http://evil.example", shard="1/1",
                           results=[IsbnResult(isbn="9780306406157", status="failed")])
     data, attributes = encode(event)
     unsigned = {k: v for k, v in attributes.items() if k != "signature"}
@@ -281,4 +281,4 @@ def test_forged_internal_events_are_rejected_and_counted_signed_ones_alert(dry_c
     forged = sorted(store.stream("rejections"), key=lambda r: r["message_id"])
     assert [r["message_id"] for r in forged] == ["21", "22"] and all("forged" in r["reason"] for r in forged)
     monitor(pushed(Topics.TRAINING_EVENTS, dry_cfg.project_id, data, attributes, "23"))  # ours
-    assert [a["key"] for a in store.stream("alerts")] == ["run:run-forged:failed"]
+    assert [a["key"] for a in store.stream("alerts")] == ["run:run-forged:1/1:failed"]

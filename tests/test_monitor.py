@@ -86,27 +86,27 @@ def unreachable_channels(cfg):
 
 def failed_run(run_id: str = "run-1") -> TrainingEvent:
     return TrainingEvent(correlation_id="cid-9", run_id=run_id, status="failed", isbns=["9780306406157"],
-                         reason="ValueError: boom",
+                         reason="ValueError: boom", shard="1/1",
                          results=[IsbnResult(isbn="9780306406157", status="failed", reason="worker died")])
 
 
 def test_failed_run_alerts_once_on_slack_and_email(alerting_cfg, inbox):
     first = on_message(alerting_cfg, delivered(failed_run(), "m1"))
     again = on_message(alerting_cfg, delivered(failed_run(), "m2"))  # at-least-once delivery
-    assert first["sent"] == ["run:run-1:failed"] and again["sent"] == []
+    assert first["sent"] == ["run:run-1:1/1:failed"] and again["sent"] == []
     (post,) = inbox.slack
-    assert "Training run run-1 failed" in post["text"] and "worker died" in post["text"] and "cid-9" in post["text"]
+    assert "Training run run-1 shard 1/1 failed" in post["text"] and "worker died" in post["text"] and "cid-9" in post["text"]
     (mail,) = inbox.mail
-    assert "Subject: [bookcast critical] Training run run-1 failed" in mail and "To: ops@example.com" in mail
-    state = RunStore(alerting_cfg).get("alerts", Alert("run:run-1:failed", "critical", "", "").doc_id)
+    assert "Subject: [bookcast critical] Training run run-1 shard 1/1 failed" in mail and "To: ops@example.com" in mail
+    state = RunStore(alerting_cfg).get("alerts", Alert("run:run-1:1/1:failed", "critical", "", "").doc_id)
     assert state["sent"] == 1 and state["suppressed"] == 1
 
 
 def test_partly_failed_run_is_reported(alerting_cfg, inbox):
-    event = TrainingEvent(correlation_id="c", run_id="run-2", status="succeeded", isbns=["a", "b"],
+    event = TrainingEvent(correlation_id="c", run_id="run-2", status="succeeded", isbns=["a", "b"], shard="1/1",
                           results=[IsbnResult(isbn="a", status="promoted"),
                                    IsbnResult(isbn="b", status="refused", reason="only 12 weeks of history")])
-    assert on_message(alerting_cfg, delivered(event, "m1"))["sent"] == ["run:run-2:partial"]
+    assert on_message(alerting_cfg, delivered(event, "m1"))["sent"] == ["run:run-2:1/1:partial"]
     assert "b: refused only 12 weeks of history" in inbox.slack[0]["text"]
 
 
@@ -196,7 +196,7 @@ def test_alerts_no_channel_took_are_sent_on_the_next_tick(alerting_cfg, inbox):
     assert state["sent"] == 0 and state["undelivered"] == 1 and not state["open"]
 
     retried = on_message(alerting_cfg, tick("t2"))
-    assert sorted(retried["sent"]) == sorted([f"unserved:{i}" for i in isbns] + ["run:run-lost:failed"])
+    assert sorted(retried["sent"]) == sorted([f"unserved:{i}" for i in isbns] + ["run:run-lost:1/1:failed"])
     digest, event = inbox.slack  # the digest, and the event's alert nothing would have raised again
     assert "3 ISBNs with data but no served model" in digest["text"] and "run-lost" in event["text"]
     assert on_message(alerting_cfg, tick("t3"))["sent"] == [] and len(inbox.slack) == len(inbox.mail) == 2
@@ -354,5 +354,5 @@ def test_alert_text_is_shown_not_interpreted_by_slack_or_mail(alerting_cfg, inbo
 
 def test_an_alert_nobody_received_is_not_suppressed(alerting_cfg, inbox):
     assert on_message(unreachable_channels(alerting_cfg), delivered(failed_run("run-lost"), "m1"))["sent"] == []
-    assert on_message(alerting_cfg, delivered(failed_run("run-lost"), "m2"))["sent"] == ["run:run-lost:failed"]
+    assert on_message(alerting_cfg, delivered(failed_run("run-lost"), "m2"))["sent"] == ["run:run-lost:1/1:failed"]
     assert len(inbox.slack) == len(inbox.mail) == 1

@@ -60,6 +60,7 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
 
     events = [e for e in probe.messages("training-events", at_least=3) if e["run_id"] == run_id]
     assert [(e["status"], e["shard"]) for e in events] == [("started", "1/1"), ("succeeded", "1/1"), ("succeeded", "")]
+    assert {r["isbn"] for r in events[1]["results"]} == set(results), "the shard reports its ISBNs' results"
     changes = probe.messages("model-changes", at_least=len(trained))
     assert {c["isbn"] for c in changes} == set(trained)
 
@@ -98,7 +99,8 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
 
 
 def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg, tmp_path):
-    from shared.jobs import SNAPSHOTS, decided_from_files, prepare_run
+    from shared.jobs import SNAPSHOTS, decided_from_files, prepare_run, snapshot_series
+    from shared.runstore import pack
     from shared.sales import UploadRules
     from shared.training.worker import execute
 
@@ -108,7 +110,9 @@ def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg
     store = RunStore(cfg)
     job = prepare_run(cfg, store, series, {"kind": "forced", "key": "k", "forced": True}, "cid-tamper", "local")
     (snapshot,) = job.snapshot
-    store.col(SNAPSHOTS).document(snapshot).update({f"series.`{tampered}`.units": [1] * 104})
+    stored = snapshot_series(store.get(SNAPSHOTS, snapshot))
+    stored[tampered]["units"] = [1] * 104
+    store.col(SNAPSHOTS).document(snapshot).update({"packed": pack(stored)})
     results = {r["isbn"]: r for r in execute(job.model_dump(mode="json"))["results"]}
     assert results[tampered]["status"] == "refused" and "does not hash to the decided" in results[tampered]["reason"]
     assert results[honest]["status"] in ("promoted", "baseline", "quarantined")
