@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from emulators.stack import Ports, Stack
@@ -24,3 +25,27 @@ def bench_settings(stack: Stack, **overrides):
     return load_settings(stack.profile).model_copy(update={
         "project_id": stack.project, "state_dir": str(stack.state_dir),
         "mlflow_tracking_uri": f"http://127.0.0.1:{stack.ports.mlflow}", **overrides})
+
+
+@contextmanager
+def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
+    """A private stack with MLflow, GCS and the trigger-training function wired to its
+    uploads; yields (stack, settings) and stops everything after. With ``vertex_dry_run``
+    the function plans Vertex AI jobs instead of training."""
+    from emulators.processes import stop
+    from emulators.wiring import wire
+
+    stack = private_stack(profile)
+    launcher = {"BOOKCAST_LAUNCHER": "vertex", "BOOKCAST_VERTEX__DRY_RUN": "true"} if vertex_dry_run else {}
+    started = []
+    try:
+        for start in (stack.start_pubsub, stack.start_firestore, stack.start_mlflow):
+            started.append(start())
+        cfg = bench_settings(stack, **({"launcher": "vertex"} if vertex_dry_run else {}))
+        started.append(stack.start_gcs(backend="memory"))
+        wire(stack.topology, stack.project, stack.ports, only_functions={"trigger-training"})
+        started.append(stack.start_function("trigger-training", extra_env=launcher))
+        yield stack, cfg
+    finally:
+        for proc in reversed(started):
+            stop(proc)

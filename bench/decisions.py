@@ -25,9 +25,7 @@ from rich.table import Table
 
 from shared.logs import configure
 
-from emulators.processes import stop
-from bench.common import bench_settings, private_stack
-from emulators.wiring import wire
+from bench.common import trigger_stack
 from shared.sales import series_hash, to_csv, weeks_of
 from shared.sample_data import generate
 
@@ -55,7 +53,7 @@ def complete_runs(cfg, store, trained_hashes: dict[str, str]) -> None:
                                 publish=False)
             trained_hashes[isbn] = series["data_hash"]
         store.update_run(run["run_id"], status="succeeded")
-        leases.release_all(store, run["run_id"], request_follow_ups=False)
+        leases.release_all(store, run["run_id"])
 
 
 def main() -> None:
@@ -65,17 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     configure("WARNING")
     console = Console(width=140)
-    stack = private_stack()
-    project = stack.project
-    started = []
-    try:
-        for start in (stack.start_pubsub, stack.start_firestore, stack.start_mlflow):
-            started.append(start())
-        cfg = bench_settings(stack, launcher="vertex")
-        started.append(stack.start_gcs(backend="memory"))
-        wire(stack.topology, project, stack.ports, only_functions={"trigger-training"})
-        started.append(stack.start_function("trigger-training", extra_env={
-            "BOOKCAST_LAUNCHER": "vertex", "BOOKCAST_VERTEX__DRY_RUN": "true"}))
+    with trigger_stack(vertex_dry_run=True) as (stack, cfg):
+        project = stack.project
         from shared.gcs import storage_client
         from shared.runstore import RunStore
 
@@ -134,9 +123,6 @@ def main() -> None:
         console.print(json.dumps({"skipped_share": round(1 - trained_total / decisions_total, 3), "missed": missed,
                                   "latency_p50_ms": round(statistics.median(latencies) * 1000),
                                   "latency_max_ms": round(max(latencies) * 1000)}))
-    finally:
-        for proc in reversed(started):
-            stop(proc)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import bench_settings, private_stack
-from emulators.processes import stop
-from emulators.wiring import wire
+from bench.common import trigger_stack
 from shared.logs import configure
 
 TARGETS = {"decisions_10k_s": 60.0, "first_champion_s": 120.0, "all_served_1k_min": 15.0, "projection_100k_h": 1.0}
@@ -90,15 +88,7 @@ def end_to_end(console: Console, isbns: int) -> dict:
     from shared.sales import to_csv
     from shared.sample_data import generate
 
-    stack = private_stack(profile="development")
-    started = []
-    try:
-        for start in (stack.start_pubsub, stack.start_firestore, stack.start_mlflow):
-            started.append(start())
-        cfg = bench_settings(stack)
-        started.append(stack.start_gcs(backend="memory"))
-        wire(stack.topology, stack.project, stack.ports, only_functions={"trigger-training"})
-        started.append(stack.start_function("trigger-training"))
+    with trigger_stack("development") as (stack, cfg):
         store = RunStore(cfg)
         frame = generate(isbns, 3, seed=2026)
         blob = storage_client(stack.project).bucket(cfg.data_bucket).blob("sales/catalogue.csv")
@@ -109,8 +99,7 @@ def end_to_end(console: Console, isbns: int) -> dict:
             blob.upload_from_string(to_csv(frame), content_type="text/csv")
             cause = wait_accepted(store, "bench-scale", 600)
             decided = time.monotonic() - t0
-            first = None
-            served = 0
+            first, served, polls = None, 0, 0
             while True:
                 served = sum(1 for _ in store.col(CHAMPIONS).select([]).stream())
                 if served and first is None:
@@ -118,8 +107,10 @@ def end_to_end(console: Console, isbns: int) -> dict:
                 run = store.run(cause["run_id"], with_results=False)
                 if served >= isbns or (run and run["status"] in TERMINAL):
                     break
-                console.print(f"  {time.monotonic() - t0:6.0f} s: {served}/{isbns} served", highlight=False)
-                time.sleep(30)
+                polls += 1
+                if polls % 12 == 0:
+                    console.print(f"  {time.monotonic() - t0:6.0f} s: {served}/{isbns} served", highlight=False)
+                time.sleep(5)
             last = time.monotonic() - t0
             run = store.run(cause["run_id"], with_results=False)
         parts = shards.of_run(store, cause["run_id"])
@@ -127,9 +118,6 @@ def end_to_end(console: Console, isbns: int) -> dict:
                 "served": served, "shards": len(parts), "run_status": run["status"],
                 "isbns_per_minute": served / (last / 60), "memory_mib": memory.by_role(),
                 "cpu_s_per_isbn": (run.get("compute_seconds") or 0) / max(1, served), "counts": run.get("counts")}
-    finally:
-        for proc in reversed(started):
-            stop(proc)
 
 
 def seed_served(cfg, store, frame, threads: int = 8) -> None:
@@ -178,16 +166,8 @@ def catalogue(console: Console, isbns: int) -> dict:
     from shared.runstore import RunStore, now
     from shared.sample_data import generate
 
-    stack = private_stack(profile="development")  # its shard size: the run is planned as production plans it
-    started = []
-    try:
-        for start in (stack.start_pubsub, stack.start_firestore, stack.start_mlflow):
-            started.append(start())
-        cfg = bench_settings(stack, launcher="vertex")
-        started.append(stack.start_gcs(backend="memory"))
-        wire(stack.topology, stack.project, stack.ports, only_functions={"trigger-training"})
-        started.append(stack.start_function("trigger-training", extra_env={
-            "BOOKCAST_LAUNCHER": "vertex", "BOOKCAST_VERTEX__DRY_RUN": "true"}))
+    # The development profile's shard size: the run is planned into replicas as production plans it.
+    with trigger_stack("development", vertex_dry_run=True) as (stack, cfg):
         store = RunStore(cfg)
         frame = generate(isbns, 3, seed=2027)
         content = io.BytesIO()
@@ -215,9 +195,6 @@ def catalogue(console: Console, isbns: int) -> dict:
         exporting = time.monotonic() - t3
         return {"isbns": isbns, "decided_s": decided, "replicas": run.get("shards"), "monitor_tick_s": tick,
                 "export_s": exporting, "exported": exported.isbns}
-    finally:
-        for proc in reversed(started):
-            stop(proc)
 
 
 def projection(cfg, cpu_s_per_isbn: float, isbns: int = 100_000) -> dict:

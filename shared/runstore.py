@@ -3,6 +3,7 @@ alias moves and alert state. Nothing here depends on ZenML or MLflow being intac
 
 Collections (each name carries the configured prefix):
   runs/{run_id}            status queued → running → succeeded | failed | quarantined
+  run_parts/{run_id}-pNNNN the run's per-ISBN hashes, decision reasons and refreshes, in parts
   decisions/{id}           one per ISBN per cause: train or skip, with every input and reason
   uploads/{upload_key}     one per (bucket, object, generation): accepted or rejected, why
   messages/{message_id}    Pub/Sub message ids already handled
@@ -24,6 +25,9 @@ from shared.config import Settings
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined", "cancelled")
 TERMINAL = ("succeeded", "failed", "quarantined", "cancelled")
+RUN_PARTS = "run_parts"  # a run's per-ISBN maps, in parts: runs/{id} stays small for a catalogue
+PER_ISBN_FIELDS = ("data_hashes", "decisions", "refreshes")
+PART_ISBNS = 1000  # ~250 KB of hashes and reasons a part
 CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
 CHAMPION_BATCH = 300     # documents per batched read
 CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
@@ -63,12 +67,24 @@ class RunStore:
     # --- runs -------------------------------------------------------------------------------
     def create_run(self, isbns: list[str], cause: dict, correlation_id: str, launcher: str,
                    run_id: str | None = None, transaction=None, **fields: Any) -> str:
+        """The run's document and, for its per-ISBN maps (PER_ISBN_FIELDS), part documents of
+        PART_ISBNS ISBNs each: a catalogue's hashes and reasons would not fit in one 1 MiB
+        document. ``run()`` puts them together again."""
         run_id = run_id or f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-        doc = {"run_id": run_id, "status": "queued", "isbns": sorted(isbns), "cause": cause,
+        per_isbn = {name: fields.pop(name) for name in PER_ISBN_FIELDS if name in fields}
+        ordered = sorted(isbns)
+        starts = range(0, len(ordered), PART_ISBNS)
+        doc = {"run_id": run_id, "status": "queued", "isbns": ordered, "cause": cause,
                "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
-               "updated_at": now(), "attempt": 1, **fields}
-        ref = self.col("runs").document(run_id)
-        (transaction.create(ref, doc) if transaction else ref.create(doc))
+               "updated_at": now(), "attempt": 1, "parts": len(starts), **fields}
+        writes = [(self.col("runs").document(run_id), doc)]
+        for part, start in enumerate(starts):
+            chunk = set(ordered[start:start + PART_ISBNS])
+            writes.append((self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}"),
+                           {"run_id": run_id, **{name: {i: v for i, v in values.items() if i in chunk}
+                                                 for name, values in per_isbn.items()}}))
+        for ref, content in writes:
+            (transaction.create(ref, content) if transaction else ref.create(content))
         return run_id
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -82,13 +98,19 @@ class RunStore:
         self.col("runs").document(run_id).update({**fields, **stamp})
 
     def run(self, run_id: str, with_results: bool = True) -> dict | None:
-        """A run, with its per-ISBN ``results`` gathered from its shards (shared/shards.py)."""
+        """A run with its per-ISBN maps, and its per-ISBN ``results`` gathered from its shards
+        (shared/shards.py)."""
         from shared import shards
 
         snap = self.col("runs").document(run_id).get()
         if not snap.exists:
             return None
         run = snap.to_dict()
+        refs = [self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}") for part in range(run.get("parts", 0))]
+        for part in self.db.get_all(refs) if refs else ():
+            for name, values in (part.to_dict() or {}).items():
+                if name in PER_ISBN_FIELDS:
+                    run.setdefault(name, {}).update(values)
         if with_results:
             run["results"] = shards.results(self, run_id)
         return run

@@ -141,7 +141,8 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
         written += [store.get("decisions", f"{cause.id}-{i}") for i in group]
         written += [store.get(SNAPSHOTS, marker.to_dict()["snapshot"]), marker.to_dict()]
         largest_group = max(largest_group, sum(stored_bytes(d) for d in written))
-    largest_doc = max(stored_bytes(d) for d in [run, cause.get().to_dict()] + [store.get("series", i) for i in isbns[:5]])
+    stored = [store.get("runs", outcome.run_id), cause.get().to_dict()] + [store.get("series", i) for i in isbns[:5]]
+    largest_doc = max(stored_bytes(d) for d in stored)
     print(f"\n400x500 decided in {sum(attempts):.1f}s ({len(attempts)} delivery(ies)); largest group commit "
           f"{largest_group} bytes; largest document {largest_doc} bytes")
     assert largest_group < GRPC_MESSAGE_LIMIT / 4 and largest_doc < FIRESTORE_DOCUMENT_LIMIT / 4
@@ -150,6 +151,23 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(job.model_dump_json()) < 100_000  # a reference, fit for a Vertex argument
     series = trained_series(job)
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
+
+
+def test_a_catalogue_run_keeps_every_document_under_the_firestore_limit(cfg, cloud):
+    """10,000 ISBNs' hashes and reasons are ~1.5 MB: the run's own document could not hold them."""
+    from shared.runstore import RUN_PARTS
+
+    store = RunStore(cfg)
+    isbns = [f"978{n:010d}" for n in range(10_000)]
+    run_id = store.create_run(isbns, {"kind": "upload"}, "cid-catalogue", "vertex",
+                              data_hashes={i: "ab" * 32 for i in isbns},
+                              decisions={i: ["no model yet", "forced by request"] for i in isbns},
+                              refreshes={isbns[0]: {"version": "3"}}, snapshot=[f"s{n:04d}" for n in range(100)])
+    parts = [d.to_dict() for d in store.col(RUN_PARTS).stream()]
+    assert len(parts) == 10
+    assert max(stored_bytes(d) for d in [store.get("runs", run_id)] + parts) < FIRESTORE_DOCUMENT_LIMIT / 2
+    run = store.run(run_id, with_results=False)
+    assert len(run["data_hashes"]) == len(run["decisions"]) == 10_000 and run["refreshes"] == {isbns[0]: {"version": "3"}}
 
 
 def test_deciding_stops_at_its_budget_and_a_new_delivery_resumes_it_at_once(dry_cfg, probe, bucket, monkeypatch):

@@ -2,7 +2,6 @@
 Vertex AI: a replica of the run's job). Real emulators, real MLflow, real worker processes."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -10,6 +9,7 @@ from shared import registry, shards
 from shared.runstore import TERMINAL, RunStore
 from shared.trigger import handle
 from tests.helpers import sample
+from tests.test_end_to_end import wait_for
 from tests.test_trigger import notifications, upload
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
@@ -23,16 +23,6 @@ def test_plan_cuts_sorted_isbns_into_even_contiguous_shards():
     assert [len(s) for s in shards.plan(isbns, isbns_per_shard=250, max_shards=2)] == [502, 501]
     assert shards.plan(["a"], isbns_per_shard=250, max_shards=2) == [["a"]]
     assert shards.plan([], isbns_per_shard=250, max_shards=2) == []
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -86,10 +76,12 @@ def test_one_shard_is_cancelled_while_the_other_goes_on(cfg, probe, bucket):
                          "shard 1 to stop")
     assert "asked it to stop" in cancelled["error"]
     assert shards.get(store, outcome.run_id, 0)["status"] == "running"
-    held = {s.id for s in store.col("leases").stream()}
-    assert held == set(shards.get(store, outcome.run_id, 0)["isbns"]), "the cancelled shard freed its ISBNs"
+    still_training = set(shards.get(store, outcome.run_id, 0)["isbns"])
+    wait_for(lambda: {s.id for s in store.col("leases").stream()} == still_training, 15,
+             "the cancelled shard to free its ISBNs (it releases them after recording its end)")
 
     # The whole run, as an operator does it: the remaining shard stops too, and the run closes.
     assert run_handler(build_parser().parse_args(["cancel", outcome.run_id]), cfg) == 0
     run = wait_for(lambda: (r := store.run(outcome.run_id)) and r["status"] in TERMINAL and r, 40, "the run to close")
-    assert run["status"] == "cancelled" and not list(store.col("leases").stream())
+    assert run["status"] == "cancelled"
+    wait_for(lambda: not list(store.col("leases").stream()), 15, "every ISBN to be free")
