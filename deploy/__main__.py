@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print("verify: ok" if not problems else f"verify: {len(problems)} problem(s)", file=sys.stderr)
         return 1 if problems else 0
     if args.apply:
+        from google.api_core.exceptions import GoogleAPIError
+
         try:
             apply(planned)
-        except (RuntimeError, subprocess.CalledProcessError) as error:
+        except (RuntimeError, ValueError, subprocess.CalledProcessError, GoogleAPIError) as error:
             print(f"apply stopped: {error}", file=sys.stderr)
             return 1
         print(f"applied {len(planned.pending)} change(s)", file=sys.stderr)

@@ -448,6 +448,15 @@ def plan_pubsub(t: Target, teardown: bool) -> tuple[list[Change], list[Change]]:
 
 # --- Cloud Storage (client library; fake-gcs-server serves buckets, not notifications) -------------
 
+def delete_bucket(client, name: str) -> None:
+    """Empty the bucket page by page, then delete it: ``delete(force=True)`` refuses buckets of
+    more than 256 objects, and an uploads bucket holds a year of uploads and exports."""
+    bucket = client.bucket(name)
+    for page in client.list_blobs(name, page_size=1000).pages:
+        bucket.delete_blobs(list(page))
+    bucket.delete()
+
+
 def plan_buckets(t: Target, state: State, teardown: bool) -> tuple[list[Change], list[Change]]:
     """(bucket changes, notification changes)."""
     from shared.gcs import storage_client
@@ -460,7 +469,7 @@ def plan_buckets(t: Target, state: State, teardown: bool) -> tuple[list[Change],
         if teardown:
             if exists:  # with the notifications on it; objects included (force), as the topology made them
                 buckets.append(Change("bucket", name, "delete", ["deletes its objects too"],
-                                      run=lambda n=name: client.bucket(n).delete(force=True)))
+                                      run=lambda n=name: delete_bucket(client, n)))
             continue
         if exists:
             buckets.append(Change("bucket", name, "unchanged"))

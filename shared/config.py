@@ -124,6 +124,9 @@ class EnvironmentSettings(BaseModel):
     mlflow_tracking_uri: str
     model_name_prefix: str = "bookcast-"
     collection_prefix: str = ""
+    exchange_bucket: str | None = Field(None, description="its exchange bucket, if not this deployment's")
+    require_approval: bool | None = Field(None, description="whether an import there waits for approval, if not "
+                                                            "as this deployment's release settings say")
 
 
 class ReleaseSettings(BaseModel):

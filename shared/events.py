@@ -160,6 +160,11 @@ class GcsObject(BaseModel):
         return self.metadata.get("correlation_id") or f"upload-{self.upload_key[:16]}"
 
 
+# Attributes of a continuation (shared/trigger.continue_later): how many times the work was
+# handed on, and the delivery key and publish time of the message it continues.
+CONTINUATION, ORIGIN_KEY, ORIGIN_TIME = "bookcast_continuation", "bookcast_origin_key", "bookcast_origin_time"
+
+
 class PubSubMessage(BaseModel):
     """A Pub/Sub message as it reaches a function (push or Eventarc)."""
     message_id: str
@@ -197,9 +202,24 @@ class PubSubMessage(BaseModel):
     def delivery_key(self) -> str:
         """Identifies one published message across redeliveries. Message ids are unique only
         per topic, and the emulator restarts them at 1, so topic, publish time and content
-        join in (a redelivery repeats all of them)."""
+        join in (a redelivery repeats all of them). A continuation (work handed on to a new
+        delivery, shared/trigger.continue_later) keeps the key of the message it continues."""
+        if ORIGIN_KEY in self.attributes:
+            return self.attributes[ORIGIN_KEY]
         raw = f"{self.topic or self.subscription}|{self.message_id}|{self.publish_time.isoformat()}|".encode()
         return hashlib.sha256(raw + self.data).hexdigest()[:32]
+
+    @property
+    def first_published(self) -> datetime:
+        """When the message was first published; a continuation's original's time."""
+        origin = self.attributes.get(ORIGIN_TIME)
+        return datetime.fromisoformat(origin) if origin else self.publish_time
+
+    def continuation_attributes(self) -> dict[str, str]:
+        """The attributes a continuation of this message is published with."""
+        handed_on = int(self.attributes.get(CONTINUATION, "0")) + 1
+        return {**self.attributes, ORIGIN_KEY: self.delivery_key, ORIGIN_TIME: self.first_published.isoformat(),
+                CONTINUATION: str(handed_on)}
 
     @property
     def correlation_id(self) -> str | None:

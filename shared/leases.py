@@ -34,7 +34,8 @@ def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | Non
 def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: list[str], run_id: str,
           ttl_seconds: int, cause: dict) -> tuple[list[str], list[str]]:
     """Lease the free ISBNs for ``run_id``; queue ``cause`` as a follow-up on the busy ones.
-    An expired lease is taken over, and the run that held it is marked failed."""
+    An expired lease is taken over; the shard that held it is reaped after the commit
+    (``taken_over``, then trigger.reap_shard)."""
     leased, busy = [], []
     for isbn in isbns:
         lease = held.get(isbn)
@@ -45,13 +46,17 @@ def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: lis
                 transaction.update(ref, {"follow_ups": follow_ups + [cause]})
             busy.append(isbn)
             continue
-        if lease and lease["run_id"] != run_id and lease.get("run_exists"):
-            transaction.update(store.col("runs").document(lease["run_id"]),
-                               {"status": "failed", "error": f"lease on {isbn} expired: the job stopped", "updated_at": now()})
         transaction.set(ref, {"isbn": isbn, "run_id": run_id, "acquired_at": now(),
                               "expires_at": expires(ttl_seconds), "follow_ups": []})
         leased.append(isbn)
     return leased, busy
+
+
+def taken_over(held: dict[str, dict | None], run_id: str) -> set[tuple[str, int]]:
+    """The (run, shard) pairs whose expired leases ``run_id`` takes over: dead shards of runs
+    that exist, to be recorded as failed and retried."""
+    return {(lease["run_id"], lease.get("shard", 0)) for lease in held.values()
+            if lease and lease["run_id"] != run_id and lease["expires_at"] <= now() and lease.get("run_exists")}
 
 
 def held_by(store: RunStore, run_id: str, shard: int | None = None):
@@ -62,34 +67,47 @@ def held_by(store: RunStore, run_id: str, shard: int | None = None):
     return query if shard is None else query.where(filter=firestore.FieldFilter("shard", "==", shard))
 
 
+RELEASE_CHUNK = 400  # leases freed per transaction: a shard of 1,000 ISBNs stays under 500 writes a commit
+
+
 def release_all(store: RunStore, run_id: str, shard: int | None = None) -> dict[str, list[dict]]:
     """Free the run's leases (or one shard's); returns the follow-up causes queued on them,
-    per ISBN, and publishes them as one training request so nothing that arrived meanwhile
-    is lost.
+    per ISBN, and publishes them as training requests so nothing that arrived meanwhile is
+    lost.
 
-    Reading the follow-ups and deleting the leases is one transaction: a cause queueing a
-    follow-up at the same moment either lands before (and is handed off here) or finds the
-    ISBN free and leases it itself. The request is written to an outbox in that transaction
-    and published after it, so a failed publish is retried (flush_follow_ups), not lost."""
-    outbox_id = run_id if shard is None else f"{run_id}-k{shard:03d}"
+    Reading the follow-ups and deleting the leases is one transaction per chunk of leases: a
+    cause queueing a follow-up at the same moment either lands before (and is handed off
+    here) or finds the ISBN free and leases it itself. Each chunk's request is written to an
+    outbox in its transaction and published after it, so a failed publish is retried
+    (flush_follow_ups), not lost."""
+    base = run_id if shard is None else f"{run_id}-k{shard:03d}"
+    refs = [snap.reference for snap in held_by(store, run_id, shard).select([]).stream()]
+    follow_ups: dict[str, list[dict]] = {}
+    outboxes = []
+    for chunk, start in enumerate(range(0, len(refs), RELEASE_CHUNK)):
+        outbox_id = base if chunk == 0 else f"{base}-c{chunk}"
 
-    def work(transaction) -> dict[str, list[dict]]:
-        query = held_by(store, run_id, shard)
-        follow_ups: dict[str, list[dict]] = {}
-        for snap in list(transaction.get(query)):
-            lease = snap.to_dict()
-            if lease.get("follow_ups"):
-                follow_ups[lease["isbn"]] = lease["follow_ups"]
-            transaction.delete(snap.reference)
-        if follow_ups:
-            transaction.set(store.col(OUTBOX).document(outbox_id),
-                            {"request": follow_up_request(run_id, follow_ups).model_dump(mode="json"),
-                             "published": False, "at": now()})
-        return follow_ups
+        def work(transaction, chunk_refs=refs[start:start + RELEASE_CHUNK], outbox_id=outbox_id):
+            found: dict[str, list[dict]] = {}
+            for snap in store.db.get_all(chunk_refs, transaction=transaction):
+                lease = snap.to_dict() if snap.exists else None
+                if not lease or lease["run_id"] != run_id:  # taken over meanwhile: no longer ours
+                    continue
+                if lease.get("follow_ups"):
+                    found[lease["isbn"]] = lease["follow_ups"]
+                transaction.delete(snap.reference)
+            if found:
+                transaction.set(store.col(OUTBOX).document(outbox_id),
+                                {"request": follow_up_request(run_id, found).model_dump(mode="json"),
+                                 "published": False, "at": now()})
+            return found
 
-    follow_ups = store.in_transaction(work)
-    if follow_ups:
-        flush_follow_ups(store, [outbox_id])
+        found = store.in_transaction(work)
+        if found:
+            follow_ups.update(found)
+            outboxes.append(outbox_id)
+    if outboxes:
+        flush_follow_ups(store, outboxes)
     return follow_ups
 
 

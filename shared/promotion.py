@@ -37,6 +37,8 @@ from shared.runstore import APPROVALS, CHALLENGES, SHADOW_SCORES, RunStore, now
 log = get_logger(__name__)
 ON_TRIAL, PROMOTED, RETIRED = "on_trial", "promoted", "retired"                # a challenge's status
 PENDING, APPROVED, REJECTED, WITHDRAWN = "pending", "approved", "rejected", "withdrawn"  # an approval's
+DECIDING = "deciding"  # an approval someone is acting on right now
+DECIDING_EXPIRES = timedelta(minutes=5)  # a claim older than this was left by a process that died
 CHALLENGE, RETIRE, PROMOTE = "challenge", "retire", "promote"                  # alias move actions
 SHADOW_ACTOR = "shadow-scoring"
 AUDIT = "audit"
@@ -126,12 +128,15 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
     candidate_means, reference_means = weekly_means(forecast), weekly_means(reference)
     found = risks(cfg, store, isbn, family, candidate_means, champion.tags.get("family"), reference_means)
     if not found:
+        # A trial against the champion this replaces would be scored against the wrong model.
+        _retire_challenger(cfg, store, isbn, f"superseded: v{version} became champion", correlation_id)
         return _promote(cfg, store, isbn, version, "passed the quality gates", "training", correlation_id)
     reason = "passed the quality gates but is risky: " + "; ".join(found)
-    _withdraw_trial(store, isbn, f"superseded by v{version}")
     registry.move_alias(cfg, store, isbn, version, CHALLENGE, reason, "training", correlation_id, alias=CHALLENGER)
     if getattr(registry.version_by_alias(cfg, isbn, CHALLENGER), "version", None) != version:
+        # Validation put the previous challenger back; its trial goes on.
         return Outcome("quarantined", f"{reason}; it failed validation as challenger and serves nowhere")
+    _withdraw_trial(store, isbn, f"superseded by v{version}")
     store.col(CHALLENGES).document(isbn).set({
         "isbn": isbn, "version": version, "champion_version": champion.version, "status": ON_TRIAL, "risks": found,
         "challenger_forecast": json.dumps(candidate_means), "champion_forecast": json.dumps(reference_means),
@@ -150,6 +155,12 @@ def _promote(cfg: Settings, store: RunStore, isbn: str, version: str, reason: st
              correlation_id: str) -> Outcome:
     registry.move_alias(cfg, store, isbn, version, PROMOTE, reason, actor, correlation_id)
     return Outcome("promoted", reason)
+
+
+def _retire_challenger(cfg: Settings, store: RunStore, isbn: str, why: str, correlation_id: str) -> None:
+    """Take the challenger alias off and end its trial, if the ISBN has one."""
+    if registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, why, "training", correlation_id):
+        _withdraw_trial(store, isbn, why)
 
 
 def _withdraw_trial(store: RunStore, isbn: str, why: str) -> None:
@@ -299,11 +310,23 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
     Repeating a decision returns the recorded one."""
     store = store or RunStore(cfg)
     ref = store.col(APPROVALS).document(approval_id(isbn, version))
-    snap = ref.get()
-    if not snap.exists:
+
+    def claim(transaction) -> dict | None:
+        """One decision at a time: an approve and a reject (or an HTTP retry) arriving
+        together must not both act. A claim left by a process that died expires."""
+        approval = ref.get(transaction=transaction).to_dict()
+        stale = approval and approval["status"] == DECIDING and now() - approval["deciding_at"] > DECIDING_EXPIRES
+        if approval and (approval["status"] == PENDING or stale):
+            transaction.update(ref, {"status": DECIDING, "deciding_by": actor, "deciding_at": now()})
+            return {**approval, "status": PENDING}
+        return approval
+
+    approval = store.in_transaction(claim)
+    if approval is None:
         raise ApprovalError(f"no approval was requested for {isbn} v{version}")
-    approval = snap.to_dict()
     wanted = APPROVED if approve else REJECTED
+    if approval["status"] == DECIDING:
+        raise ApprovalError(f"{isbn} v{version} is being decided by {approval.get('deciding_by')} right now")
     if approval["status"] != PENDING:
         if approval["status"] == wanted and approval.get("audit_id"):
             return {**store.get(AUDIT, approval["audit_id"])["result"], "replayed": True}
@@ -337,6 +360,8 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
     if status != "failed":
         ref.update({"status": status, "decided_at": now(), "decided_by": actor, "decision_reason": reason,
                     "audit_id": audit_id})
+    else:  # nothing changed: it can be decided again
+        ref.update({"status": PENDING})
     log.warning("%s %s v%s by %s: %s", wanted, isbn, version, actor, reason,
                 extra={"isbn": isbn, "audit_id": audit_id, "reason": reason})
     return result

@@ -48,7 +48,9 @@ def environment(cfg: Settings, name: str) -> Settings:
         known = sorted({cfg.release.environment, *cfg.release.environments})
         raise ReleaseError(f"unknown environment {name!r}: known are {', '.join(known)} "
                            "(BOOKCAST_RELEASE__ENVIRONMENTS)")
-    return cfg.model_copy(update={**other.model_dump(), "release": cfg.release.model_copy(update={"environment": name})})
+    own = {k: v for k, v in other.model_dump().items() if k in ("exchange_bucket", "require_approval") and v is not None}
+    deployment = other.model_dump(exclude={"exchange_bucket", "require_approval"})
+    return cfg.model_copy(update={**deployment, "release": cfg.release.model_copy(update={"environment": name, **own})})
 
 
 def _bucket(cfg: Settings, name: str | None = None):

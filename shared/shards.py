@@ -23,14 +23,21 @@ COLLECTION = "shards"
 SERVABLE = ("promoted", "baseline", "challenger")  # challenger: its champion still serves (shared/promotion.py)
 
 
+# A shard's document holds its ISBNs' results (~700 bytes each): at most this many keep it
+# far below Firestore's 1 MiB, even when that means more shards than max_shards.
+MAX_SHARD_ISBNS = 1000
+
+
 def plan(isbns: list[str], isbns_per_shard: int, max_shards: int) -> list[list[str]]:
     """Contiguous slices of the sorted ISBNs, as even as possible: ``isbns_per_shard`` each,
-    unless that needs more than ``max_shards``. Contiguous, because a decision's snapshot
-    documents hold neighbouring ISBNs, so a shard reads few of them."""
+    unless that needs more than ``max_shards``, and never more than MAX_SHARD_ISBNS.
+    Contiguous, because a decision's snapshot documents hold neighbouring ISBNs, so a shard
+    reads few of them."""
     ordered = sorted(isbns)
     if not ordered:
         return []
-    count = max(1, min(max_shards, math.ceil(len(ordered) / isbns_per_shard)))
+    count = max(1, min(max_shards, math.ceil(len(ordered) / isbns_per_shard)),
+                math.ceil(len(ordered) / MAX_SHARD_ISBNS))
     size, extra = divmod(len(ordered), count)
     slices, start = [], 0
     for index in range(count):
@@ -130,34 +137,38 @@ def run_status(statuses: list[str], isbn_statuses: list[str]) -> str:
         return "quarantined"
     if statuses and all(s == "cancelled" for s in statuses):
         return "cancelled"
-    if "failed" in statuses or isbn_statuses:
+    trained_nothing = bool(isbn_statuses)  # results, and none of them served or quarantined
+    if "failed" in statuses or trained_nothing:
         return "failed"
     return "succeeded"
 
 
 def finish(store: RunStore, run_id: str, index: int, status: str, results: dict[str, dict] | None = None,
-           error: str = "", zenml_run_id: str = "") -> dict | None:
-    """Record the shard's end (the first ending wins: a shard reaped as dead that later
-    reports keeps its recorded ending). When it was the run's last shard, close the run and
-    return the run's summary; otherwise None."""
+           error: str = "", zenml_run_id: str = "") -> tuple[bool, dict | None]:
+    """Record the shard's end: whether this call recorded it (the first ending wins: a shard
+    reaped as dead that later reports keeps its recorded ending), and, when it was the run's
+    last shard, the run's summary as the run is closed. ``results`` join the ones reported
+    while it ran: a shard that fails late keeps the ISBNs it already served."""
     ref = store.col(COLLECTION).document(shard_id(run_id, index))
     run_ref = store.col("runs").document(run_id)
 
-    def work(transaction) -> dict | None:
+    def work(transaction) -> tuple[bool, dict | None]:
         run = run_ref.get(transaction=transaction).to_dict()
         count = run.get("shards") or 1
         shards = store.read_many(transaction, {i: store.col(COLLECTION).document(shard_id(run_id, i))
                                                for i in range(count)})
         mine = shards.get(index)
-        if mine is None or mine["status"] in TERMINAL or run["status"] in TERMINAL:
-            return None
-        ended = {"status": status, "finished_at": now(), "error": error[:2000], "zenml_run_id": zenml_run_id}
-        if results is not None:
-            ended.update(results=results, compute_seconds=round(sum(r.get("seconds", 0.0) for r in results.values()), 2))
+        if mine is None or mine["status"] in TERMINAL:
+            return False, None
+        known = {**(mine.get("results") or {}), **(results or {})}
+        ended = {"status": status, "finished_at": now(), "error": error[:2000], "zenml_run_id": zenml_run_id,
+                 "results": known, "compute_seconds": round(sum(r.get("seconds", 0.0) for r in known.values()), 2)}
+        if status == "failed":
+            ended["retry"] = RETRY_PENDING
         transaction.update(ref, ended)
         shards[index] = {**mine, **ended}
-        if any(s is None or s["status"] not in TERMINAL for s in shards.values()):
-            return None
+        if run["status"] in TERMINAL or any(s is None or s["status"] not in TERMINAL for s in shards.values()):
+            return True, None
         isbn_statuses = [r["status"] for s in shards.values() for r in (s.get("results") or {}).values()]
         summary = {"status": run_status([s["status"] for s in shards.values()], isbn_statuses),
                    "counts": dict(Counter(isbn_statuses)),
@@ -166,7 +177,7 @@ def finish(store: RunStore, run_id: str, index: int, status: str, results: dict[
         errors = [f"shard {i}: {s['error']}" for i, s in sorted(shards.items()) if s.get("error")]
         transaction.update(run_ref, {**summary, "error": "; ".join(errors)[:2000], "updated_at": now(),
                                      "finished_at": now()})
-        return summary
+        return True, summary
 
     return store.in_transaction(work)
 
@@ -198,11 +209,22 @@ def index_from_environment(environ: dict[str, str] | None = None) -> tuple[int, 
     return 0, replicas > 1
 
 
+RETRY_PENDING, RETRY_DONE, RETRY_EXHAUSTED = "pending", "done", "exhausted"  # a failed shard's retry
+
+
 def failed_unretried(store: RunStore, limit: int = 200) -> list[dict]:
+    """Failed shards whose retry is still to be decided (retried, or given up on)."""
     from google.cloud import firestore
 
-    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("status", "==", "failed")).limit(limit)
-    return [d.to_dict() for d in query.stream() if not d.to_dict().get("retried_as")]
+    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("retry", "==", RETRY_PENDING)).limit(limit)
+    return [d.to_dict() for d in query.stream()]
+
+
+def settle_retry(store: RunStore, run_id: str, index: int, state: str, retried_as: str | None = None,
+                 transaction=None) -> None:
+    fields = {"retry": state, **({"retried_as": retried_as} if retried_as else {})}
+    ref = store.col(COLLECTION).document(shard_id(run_id, index))
+    (transaction.update(ref, fields) if transaction else ref.update(fields))
 
 
 @dataclass(frozen=True)
@@ -233,8 +255,11 @@ def close(cfg, store: RunStore, ref: ShardRef, status: str, results: list[dict],
     from shared.events import IsbnResult, Topics, TrainingEvent
     from shared.pubsub import publish
 
-    run = finish(store, ref.run_id, ref.index, status, {r["isbn"]: r for r in results},
-                 error="" if status in ("succeeded", "quarantined") else reason, zenml_run_id=zenml_run_id)
+    recorded, run = finish(store, ref.run_id, ref.index, status, {r["isbn"]: r for r in results},
+                           error="" if status in ("succeeded", "quarantined") else reason, zenml_run_id=zenml_run_id)
+    if not recorded:  # its ending was recorded before (reaped as dead, or a second report): announced then
+        log.info("shard %d of %s had ended already; not %s again", ref.index, ref.run_id, status)
+        return None
     publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(
         correlation_id=ref.correlation_id, run_id=ref.run_id, status=status, isbns=ref.isbns, launcher=ref.launcher,
         results=[IsbnResult(**r) for r in results], reason=reason, shard=label(ref.index, ref.count)))

@@ -28,7 +28,7 @@ from shared import leases, model_store, sales, shards
 from shared.config import Settings
 from shared import champions, promotion
 from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
-from shared.events import (GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
+from shared.events import (CONTINUATION, GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
                            TrainingRequest)
 from shared.failures import PermanentFailure, Unfinished, parse
 from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
@@ -89,19 +89,18 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
         return continue_later(cfg, message, str(unfinished))
 
 
-CONTINUATION = "bookcast_continuation"  # attribute: how many times the message was handed on
-
-
 def continue_later(cfg: Settings, message: PubSubMessage, why: str) -> Outcome:
     """Work that stopped at its budget goes on at once in a new delivery: the message is
-    published again as it was and this one acknowledged. A failed push would wait for
-    Pub/Sub's growing backoff instead, and a catalogue would use up its delivery attempts
-    and be dead-lettered. Every delivery decides at least one group, so the chain ends."""
+    published again, as the same cause (its delivery key and publish time travel along), and
+    this one acknowledged. A failed push would wait for Pub/Sub's growing backoff instead,
+    and a catalogue would use up its delivery attempts and be dead-lettered. Every delivery
+    decides at least one group, so the chain ends."""
     from shared.pubsub import republish
 
-    handed_on = int(message.attributes.get(CONTINUATION, "0")) + 1
-    republish(cfg, message.topic, message.data, {**message.attributes, CONTINUATION: str(handed_on)})
-    log.info("continued in a new delivery (%d): %s", handed_on, why, extra={"correlation_id": message.correlation_id})
+    attributes = message.continuation_attributes()
+    republish(cfg, message.topic, message.data, attributes)
+    log.info("continued in a new delivery (%s): %s", attributes[CONTINUATION], why,
+             extra={"correlation_id": message.correlation_id})
     return Outcome("continued", why)
 
 
@@ -114,9 +113,10 @@ def on_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome
 
 def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
     tick = parse(ScheduleTick, message)
-    key = f"tick-{tick.job}-{message.publish_time:%Y%m%dT%H%M}"
+    key = f"tick-{tick.job}-{message.first_published:%Y%m%dT%H%M}"
     cause = Cause(key=key, kind="schedule", correlation_id=key, message_id=message.message_id,
-                  delivery_key=message.delivery_key, detail={"job": tick.job, "publish_time": message.publish_time.isoformat()})
+                  delivery_key=message.delivery_key,
+                  detail={"job": tick.job, "publish_time": message.first_published.isoformat()})
     return handle_isbns(cfg, store, cause, isbns=None)
 
 
@@ -359,6 +359,8 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
     current = champions.served(cfg, store, isbns, versions)  # outside the transaction: MLflow is not transactional
     decided_at = now()
 
+    dead_shards: list[tuple[str, int]] = []  # expired leases this group takes over
+
     def apply(transaction) -> list[Decision]:
         marker = store.col("causes").document(cause.key).collection(GROUPS).document(group_id(index))
         if marker.get(transaction=transaction).exists:
@@ -389,6 +391,7 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
                     "sources": sources, "data_hash": decision.inputs["data_hash"], "updated_at": now(),
                     "last_cause": cause.key}))
         to_train = [d.isbn for d in decisions if d.action in (TRAIN, REFRESH)]
+        dead_shards[:] = leases.taken_over(held, run_id)
         leased, busy = leases.claim(store, transaction, held, to_train, run_id, cfg.training.lease_ttl_seconds,
                                     cause.as_dict())
         for d in decisions:
@@ -409,9 +412,12 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
         return decisions
 
     try:
-        return store.in_transaction(apply)
+        decisions = store.in_transaction(apply)
     except AlreadyExists:  # the emulator may check a create's precondition before the conflict
         return []          # a concurrent delivery decided this group
+    for dead_run, index in sorted(dead_shards):
+        reap_shard(cfg, store, dead_run, index)
+    return decisions
 
 
 def close_cause(store: RunStore, cause: Cause, run_id: str) -> tuple[list[str], dict] | None:
@@ -512,14 +518,15 @@ def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str
     """Launch the retry of a failed shard on the same decided series (the run's snapshot), as
     a run of its own, at most once; returns the retry's run id if this call launched it."""
     old_run_id, index = old["run_id"], shard["index"]
+    retried = store.col(shards.COLLECTION).document(shards.shard_id(old_run_id, index))
     if old.get("attempt", 1) >= MAX_ATTEMPTS or not shard["isbns"]:
+        if "run_id" in shard:  # a retry that failed is alerted, not repeated
+            shards.settle_retry(store, old_run_id, index, shards.RETRY_EXHAUSTED)
         return None
     key = f"retry-{shards.shard_id(old_run_id, index)}"
     cause = Cause(key=key, kind="retry", correlation_id=old.get("correlation_id", old_run_id), message_id=key,
                   delivery_key=key, forced=True, detail={"retry_of": old_run_id, "shard": index})
     run_id = f"{shards.shard_id(old_run_id, index)}-retry"
-
-    retried = store.col(shards.COLLECTION).document(shards.shard_id(old_run_id, index))
 
     def relaunch(transaction) -> bool:
         if store.col("runs").document(run_id).get(transaction=transaction).exists:
@@ -528,14 +535,16 @@ def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str
         held = leases.read(store, transaction, shard["isbns"])
         leased, _ = leases.claim(store, transaction, held, shard["isbns"], run_id,
                                  cfg.training.lease_ttl_seconds, cause.as_dict())
+        if has_document:
+            shards.settle_retry(store, old_run_id, index, shards.RETRY_DONE, run_id if leased else None, transaction)
+        if not leased:  # every ISBN is training in a newer run already: nothing to retry
+            return False
         store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
                          transaction=transaction, attempt=old.get("attempt", 1) + 1, retry_of=old_run_id,
                          retry_of_shard=index, snapshot=old["snapshot"],
                          data_hashes={i: old["data_hashes"][i] for i in leased},
                          decisions={i: [f"retry of {old_run_id} shard {index}: {why}"] for i in leased})
-        if has_document:
-            transaction.update(retried, {"retried_as": run_id})
-        return bool(leased)
+        return True
 
     if store.in_transaction(relaunch) and claim_launch(store, run_id):
         launch_run(cfg, store, run_id, attempt=old.get("attempt", 1) + 1)
@@ -544,31 +553,34 @@ def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str
     return None
 
 
+LEASE_EXPIRED = "its lease expired: the shard's worker stopped reporting"
+
+
+def reap_shard(cfg: Settings, store: RunStore, old_run_id: str, index: int) -> str | None:
+    """A shard whose worker stopped reporting: recorded failed (unless it ended already),
+    what it still holds freed (what waited on it is requested again), and retried once as a
+    new run naming it. The run's other shards go on. Returns the retry's run id."""
+    old = store.run(old_run_id, with_results=False)
+    if not old:  # its cause stopped between deciding groups: resumed by redelivery or reconciling
+        leases.release_all(store, old_run_id)
+        return None
+    shard = shards.get(store, old_run_id, index)
+    if shard:
+        shards.close(cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], LEASE_EXPIRED)
+        shard = shards.get(store, old_run_id, index)  # as recorded: it may have ended on its own
+    else:  # leased, never launched: the run as a whole is what failed
+        store.update_run(old_run_id, status="failed", error=LEASE_EXPIRED)
+        shard = {"index": index, "isbns": old["isbns"], "status": "failed"}
+    leases.release_all(store, old_run_id, index if "run_id" in shard else None)
+    if shard["status"] != "failed":  # it ended well and only its leases were left behind
+        return None
+    return retry_shard(cfg, store, old, shard, LEASE_EXPIRED)
+
+
 def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
-    """Shards whose worker died (their leases expired): mark each failed, free its leases
-    (what waited on it is requested again) and retry it once, as a new run that names the
-    shard it retries. The run's other shards go on."""
-    retries = []
+    """Every shard whose leases expired, reaped (reap_shard)."""
     expired = sorted({(lease["run_id"], lease.get("shard", 0)) for lease in leases.expired(store)})
-    for old_run_id, index in expired:
-        old = store.run(old_run_id, with_results=False)
-        if not old:  # its cause stopped between deciding groups: resumed by redelivery or reconciling
-            leases.release_all(store, old_run_id)
-            continue
-        why = "its lease expired: the shard's worker stopped reporting"
-        shard = shards.get(store, old_run_id, index)
-        if shard:
-            shards.close(store.cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], why)
-        else:  # leased, never launched: the run as a whole is what failed
-            store.update_run(old_run_id, status="failed", error=why)
-            shard = {"index": index, "isbns": old["isbns"]}
-        leases.release_all(store, old_run_id, index if "run_id" in shard else None)
-        retry = retry_shard(cfg, store, old, shard, why)
-        if retry:
-            retries.append(retry)
-        else:
-            log.warning("run %s shard %d lost its lease; not retried (retried already)", old_run_id, index)
-    return retries
+    return [retry for run_id, index in expired if (retry := reap_shard(cfg, store, run_id, index))]
 
 
 def retry_failed_shards(cfg: Settings, store: RunStore) -> list[str]:
@@ -577,9 +589,9 @@ def retry_failed_shards(cfg: Settings, store: RunStore) -> list[str]:
     retries = []
     for shard in shards.failed_unretried(store):
         run = store.run(shard["run_id"], with_results=False)
-        if not run or run.get("attempt", 1) >= MAX_ATTEMPTS:
-            continue
-        if now() - shard.get("finished_at", now()) >= RETRY_AFTER:
+        if not run:
+            shards.settle_retry(store, shard["run_id"], shard["index"], shards.RETRY_EXHAUSTED)
+        elif now() - shard.get("finished_at", now()) >= RETRY_AFTER:
             retry = retry_shard(cfg, store, run, shard, f"it failed: {str(shard.get('error', ''))[:200]}")
             retries += [retry] if retry else []
     return retries

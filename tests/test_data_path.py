@@ -16,7 +16,7 @@ from google.cloud.firestore_v1.types import Document
 
 from emulators.scheduler import fire
 from shared import model_store, trigger
-from shared.events import Topics
+from shared.events import PubSubMessage, Topics
 from shared.gcs import storage_client
 from shared.jobs import SNAPSHOTS, TrainingJob, training_job
 from shared.reconcile import reconcile
@@ -182,10 +182,24 @@ def test_deciding_stops_at_its_budget_and_a_new_delivery_resumes_it_at_once(dry_
     assert len(store.series_isbns()) == 8 and store.runs() == []
     (continuation,) = notifications(probe, 1)
     assert continuation.data == message.data and continuation.attributes["bookcast_continuation"] == "1"
+    assert continuation.delivery_key == message.delivery_key, "the same cause, resumed where it stopped"
     outcome = handle(hurried, continuation)
     assert outcome.status == "accepted" and len(outcome.decisions) == 2
     assert sorted(store.run(outcome.run_id)["isbns"]) == sorted(frame["isbn"].unique())
     assert handle(hurried, message).status == "duplicate"
+
+
+def test_a_continued_tick_is_the_same_cause_however_often_it_is_handed_on():
+    """A tick's cause is named by its job and publish minute: a continuation published minutes
+    later must still name the tick it continues, or every hand-on would start it over."""
+    tick = PubSubMessage(message_id="41", publish_time=now() - timedelta(minutes=7), topic=Topics.RETRAIN_TICKS,
+                         attributes={"event_type": "schedule.tick"}, data=b'{"job": "weekly-retrain"}')
+    handed_on = tick
+    for n in range(1, 4):
+        handed_on = PubSubMessage(message_id=str(41 + n), publish_time=now(), topic=Topics.RETRAIN_TICKS,
+                                  attributes=handed_on.continuation_attributes(), data=tick.data)
+    assert handed_on.delivery_key == tick.delivery_key and handed_on.first_published == tick.publish_time
+    assert handed_on.attributes["bookcast_continuation"] == "3"
 
 
 def test_uploads_missed_during_an_outage_are_replayed_once_by_the_reconciler(dry_cfg, probe, bucket):

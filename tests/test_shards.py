@@ -21,6 +21,8 @@ def test_plan_cuts_sorted_isbns_into_even_contiguous_shards():
     assert [len(s) for s in planned] == [201, 201, 201, 200, 200]
     assert [i for s in planned for i in s] == sorted(isbns)
     assert [len(s) for s in shards.plan(isbns, isbns_per_shard=250, max_shards=2)] == [502, 501]
+    catalogue = [f"isbn-{i:05d}" for i in range(3000)]  # no shard document over 1,000 ISBNs' results
+    assert [len(s) for s in shards.plan(catalogue, isbns_per_shard=250, max_shards=2)] == [1000, 1000, 1000]
     assert shards.plan(["a"], isbns_per_shard=250, max_shards=2) == [["a"]]
     assert shards.plan([], isbns_per_shard=250, max_shards=2) == []
 

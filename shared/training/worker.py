@@ -109,6 +109,7 @@ class Cancellation:
 
     def __init__(self):
         self.on_cancel = None
+        self.before_exit = None  # called with whether the stop was requested (not SIGTERM)
         self.started = threading.Event()
 
     def install(self) -> None:
@@ -141,8 +142,12 @@ class Cancellation:
         finally:
             for child in multiprocessing.active_children():
                 child.kill()
-            logging.shutdown()
-            os._exit(exit_code)
+            try:
+                if self.before_exit:
+                    self.before_exit(exit_code == 0)
+            finally:
+                logging.shutdown()
+                os._exit(exit_code)
 
 
 cancellation = Cancellation()
@@ -174,23 +179,33 @@ def main() -> int:
     request, shard = read_request()
     from_cluster, primary = shards.index_from_environment()
     shard = from_cluster if shard is None else shard
+
+    def leave(waits: bool) -> None:
+        """Deregister the local worker; the primary replica of a Vertex job first waits for the
+        other shards, however its own shard ended: the job, and every replica, ends with it."""
+        try:
+            if primary and waits:
+                wait_for_shards(settings_of(request), str(request["run_id"]))
+        finally:
+            if isinstance(request.get("settings"), dict) and request.get("run_id"):
+                worker_file(request["settings"].get("state_dir", ".state"), str(request["run_id"]), shard).unlink(
+                    missing_ok=True)
+
+    cancellation.before_exit = leave
     # On Vertex AI a failed shard is recorded (and retried by the reconciler); exiting with
     # an error would fail the whole job and stop every other replica's shard with it.
     failure_code = 0 if os.environ.get("CLUSTER_SPEC") else 1
     try:
         execute(request, shard)
-        if primary:
-            wait_for_shards(settings_of(request), str(request["run_id"]))
     except ValidationError as error:  # a malformed request is not retried: no attempt can fix it
         log.error("malformed training request: %s", error)
+        leave(waits=False)
         return 2
     except Exception:  # a failure inside the pipeline is logged and recorded where it happened
         log.exception("training shard %d of %s stopped", shard, request.get("run_id"))
+        leave(waits=True)
         return failure_code
-    finally:
-        if isinstance(request.get("settings"), dict) and request.get("run_id"):
-            worker_file(request["settings"].get("state_dir", ".state"), str(request["run_id"]), shard).unlink(
-                missing_ok=True)
+    leave(waits=True)
     return 0
 
 
