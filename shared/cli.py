@@ -295,6 +295,7 @@ def cmd_upload(args, cfg) -> int:
                 console.print(f"  {reason}", highlight=False)
             return 2
         console.print(f"{path}: {len(rows)} valid rows for {rows['isbn'].nunique()} ISBNs")
+    require(cfg, "gcs")  # after the check: a bad file is refused even while the bucket is unreachable
     blob = storage_client(cfg.project_id).bucket(args.bucket or cfg.data_bucket).blob(name)
     correlation_id = args.correlation_id or f"upload-{uuid.uuid4().hex[:12]}"
     blob.metadata = {"correlation_id": correlation_id}
@@ -625,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--bucket", help="default: BOOKCAST_DATA_BUCKET (others are rejected by the pipeline)")
     upload.add_argument("--correlation-id", help="follows the upload through every step (default: a new one)")
     upload.add_argument("--no-check", action="store_true", help="send without validating locally first")
-    upload.set_defaults(handler=cmd_upload, needs=("gcs",))
+    upload.set_defaults(handler=cmd_upload)
     uploads = sub.add_parser("uploads", help="list received uploads: accepted (with decisions) or rejected (why)")
     uploads.add_argument("--limit", type=int, default=30, help="newest first, at most this many")
     _formats(uploads)

@@ -61,7 +61,7 @@ def test_uploads_drive_decisions_runs_and_champions(cfg, probe, trigger_function
                                and r["status"] in ("succeeded", "failed", "quarantined")] or None, 240,
                       "the correction's training run")[0]
     assert second["isbns"] == [changed_isbn]
-    reasons = second["decisions"][changed_isbn]
+    reasons = store.run(second["run_id"])["decisions"][changed_isbn]  # per-ISBN maps live in the run's parts
     assert reasons == [f"history revised since v{champions[changed_isbn].version} "
                        f"(its data up to {changed['week'].max()} changed)"]
     assert model_store.resolve(cfg, isbns[1]).version == champions[isbns[1]].version
