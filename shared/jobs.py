@@ -115,18 +115,14 @@ def write_snapshot(store, run_id: str, series: dict[str, DecidedSeries]) -> list
     return ids
 
 
-SNAPSHOT_BATCH = 100  # documents per batched read
+SNAPSHOT_BATCH = 100  # documents per batched read: each holds up to a group's packed series
 
 
 def read_snapshot(store, job: TrainingJob) -> dict[str, dict]:
     """The stored series of the job's ISBNs (a shard's among a catalogue's), as stored."""
     wanted = set(job.data_hashes)
-    found: dict[str, dict] = {}
-    for start in range(0, len(job.snapshot), SNAPSHOT_BATCH):
-        refs = [store.col(SNAPSHOTS).document(d) for d in job.snapshot[start:start + SNAPSHOT_BATCH]]
-        for snap in store.db.get_all(refs):
-            found.update((i, s) for i, s in snapshot_series(snap.to_dict() or {}).items() if i in wanted)
-    return found
+    return {isbn: series for document in store.read_batched(SNAPSHOTS, job.snapshot, batch=SNAPSHOT_BATCH).values()
+            for isbn, series in snapshot_series(document).items() if isbn in wanted}
 
 
 def verify(job: TrainingJob, stored: dict[str, dict]) -> tuple[dict[str, DecidedSeries], dict[str, str]]:

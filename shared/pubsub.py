@@ -24,17 +24,13 @@ def publisher():
 
 def publish(cfg: Settings, topic: str, event: Event, timeout: float = 30.0) -> str:
     data, attributes = encode(event)
-    path = publisher().topic_path(cfg.project_id, topic)
-    message_id = publisher().publish(path, data, **attributes).result(timeout=timeout)
-    log.info("published %s to %s", event.event_type, topic,  # type: ignore[attr-defined]
-             extra={"topic": topic, "message_id": message_id, "correlation_id": event.correlation_id})
-    return message_id
+    return publish_raw(cfg, topic, data, attributes, timeout)
 
 
-def republish(cfg: Settings, topic: str, data: bytes, attributes: dict[str, str], timeout: float = 30.0) -> str:
-    """Publish a message received on ``topic`` again, as it was, with extra ``attributes``."""
+def publish_raw(cfg: Settings, topic: str, data: bytes, attributes: dict[str, str], timeout: float = 30.0) -> str:
+    """Publish a message as given (an encoded event, or a received one published again)."""
     path = publisher().topic_path(cfg.project_id, topic)
     message_id = publisher().publish(path, data, **attributes).result(timeout=timeout)
-    log.info("republished to %s", topic, extra={"topic": topic, "message_id": message_id,
-                                                "correlation_id": attributes.get("correlation_id")})
+    log.info("published %s to %s", attributes.get("event_type", "a message"), topic,
+             extra={"topic": topic, "message_id": message_id, "correlation_id": attributes.get("correlation_id")})
     return message_id

@@ -29,7 +29,7 @@ RUN_PARTS = "run_parts"  # a run's per-ISBN maps, in parts: runs/{id} stays smal
 PER_ISBN_FIELDS = ("data_hashes", "decisions", "refreshes")
 PART_ISBNS = 1000  # ~250 KB of hashes and reasons a part
 CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
-CHAMPION_BATCH = 300     # documents per batched read
+READ_BATCH = 300  # documents per batched read
 CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
 
 
@@ -106,9 +106,9 @@ class RunStore:
         if not snap.exists:
             return None
         run = snap.to_dict()
-        refs = [self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}") for part in range(run.get("parts", 0))]
-        for part in self.db.get_all(refs) if refs else ():
-            for name, values in (part.to_dict() or {}).items():
+        parts = self.read_batched(RUN_PARTS, [f"{run_id}-p{part:04d}" for part in range(run.get("parts", 0))])
+        for _, part in sorted(parts.items()):
+            for name, values in part.items():
                 if name in PER_ISBN_FIELDS:
                     run.setdefault(name, {}).update(values)
         if with_results:
@@ -169,10 +169,17 @@ class RunStore:
 
     def champions(self, isbns: list[str]) -> dict[str, dict]:
         """Index entries of these ISBNs, read in batches."""
+        return self.read_batched(CHAMPIONS, isbns)
+
+    def read_batched(self, collection: str, ids: list[str], field_paths: list[str] | None = None,
+                     batch: int = READ_BATCH) -> dict[str, dict]:
+        """Documents by id (only ``field_paths`` of each, if given), ``batch`` per round trip;
+        the ones that do not exist are left out."""
         found = {}
-        for start in range(0, len(isbns), CHAMPION_BATCH):
-            refs = [self.col(CHAMPIONS).document(i) for i in isbns[start:start + CHAMPION_BATCH]]
-            found.update((snap.id, snap.to_dict()) for snap in self.db.get_all(refs) if snap.exists)
+        for start in range(0, len(ids), batch):
+            refs = [self.col(collection).document(i) for i in ids[start:start + batch]]
+            found.update((snap.id, snap.to_dict() or {}) for snap in self.db.get_all(refs, field_paths=field_paths)
+                         if snap.exists)
         return found
 
     def alias_history(self, isbn: str) -> list[dict]:

@@ -95,10 +95,10 @@ def continue_later(cfg: Settings, message: PubSubMessage, why: str) -> Outcome:
     this one acknowledged. A failed push would wait for Pub/Sub's growing backoff instead,
     and a catalogue would use up its delivery attempts and be dead-lettered. Every delivery
     decides at least one group, so the chain ends."""
-    from shared.pubsub import republish
+    from shared.pubsub import publish_raw
 
     attributes = message.continuation_attributes()
-    republish(cfg, message.topic, message.data, attributes)
+    publish_raw(cfg, message.topic, message.data, attributes)
     log.info("continued in a new delivery (%s): %s", attributes[CONTINUATION], why,
              extra={"correlation_id": message.correlation_id})
     return Outcome("continued", why)
@@ -253,13 +253,8 @@ class Upload:
 
 def stored_weeks(store: RunStore, isbns: list[str]) -> dict[str, int]:
     """How many weeks each ISBN's stored series has, read without its weeks."""
-    found = {}
-    for start in range(0, len(isbns), 300):
-        refs = [store.col("series").document(i) for i in isbns[start:start + 300]]
-        for snap in store.db.get_all(refs, field_paths=["n_weeks"]):
-            if snap.exists:
-                found[snap.id] = (snap.to_dict() or {}).get("n_weeks", UNKNOWN_SERIES_WEEKS)
-    return found
+    return {isbn: doc.get("n_weeks", UNKNOWN_SERIES_WEEKS)
+            for isbn, doc in store.read_batched("series", isbns, field_paths=["n_weeks"]).items()}
 
 
 def group_ends(isbns: list[str], weeks: dict[str, int]) -> list[int]:
