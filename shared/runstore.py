@@ -17,6 +17,8 @@ Collections (each name carries the configured prefix):
 """
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
@@ -30,6 +32,7 @@ PER_ISBN_FIELDS = ("data_hashes", "decisions", "refreshes")
 PART_ISBNS = 1000  # ~250 KB of hashes and reasons a part
 CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
 READ_BATCH = 300  # documents per batched read
+TRANSACTION_PAUSE, TRANSACTION_PAUSE_CAP = 0.05, 2.0  # seconds: the pause after a conflict grows to the cap
 CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
 
 
@@ -50,8 +53,22 @@ class RunStore:
 
     def in_transaction(self, work, attempts: int = 20):
         """Run ``work(transaction)`` in a Firestore transaction, retried on contention.
-        The emulator resolves each conflict in ~2 s; the client's default 5 attempts is too few."""
-        return self._firestore.transactional(work)(self.db.transaction(max_attempts=attempts))
+
+        Each attempt is a transaction of its own and a conflict is followed by a random,
+        growing pause. The client would retry at once, keeping the transaction's place in
+        line, which production honours; the emulator instead aborts both of two transactions
+        that wait on each other ("Transaction lock timeout"), so deliveries retried in
+        lockstep collide on every attempt (seen in CI: 20 attempts, all aborted)."""
+        from google.api_core.exceptions import Aborted
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._firestore.transactional(work)(self.db.transaction(max_attempts=1))
+            except (Aborted, ValueError) as failed:  # the client wraps a conflict at commit in ValueError
+                conflict = isinstance(failed, Aborted) or isinstance(failed.__cause__, Aborted)
+                if not conflict or attempt == attempts:
+                    raise
+            time.sleep(random.uniform(0, min(TRANSACTION_PAUSE_CAP, TRANSACTION_PAUSE * 2 ** attempt)))
 
     def read_many(self, transaction, refs: dict[str, Any]) -> dict[str, dict | None]:
         """Several documents in one round trip (inside a transaction, before any write)."""

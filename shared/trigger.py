@@ -280,19 +280,11 @@ def open_cause(store: RunStore, cause: Cause, isbns: list[str], upload: Upload |
     stored = stored_weeks(store, planned)
     new_weeks = {i: len(upload.weeks_by_isbn[i]) for i in planned} if upload else {}
     ends = group_ends(planned, {i: stored.get(i, 0) + new_weeks.get(i, 0) for i in planned})
-
-    def work(transaction) -> dict:
-        ref = store.col("causes").document(cause.key)
-        snap = ref.get(transaction=transaction)
-        if snap.exists:
-            return snap.to_dict()
-        doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": planned,
-               "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
-        transaction.create(ref, doc)
+    doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": planned,
+           "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
+    try:  # a create is atomic on its own: no transaction for concurrent deliveries to collide in
+        store.col("causes").document(cause.key).create(doc)
         return doc
-
-    try:
-        return store.in_transaction(work)
     except AlreadyExists:  # a concurrent delivery opened it first
         return store.get("causes", cause.key)
 
