@@ -128,7 +128,7 @@ def seed_served(cfg, store, frame, threads: int = 8) -> None:
 
     import requests
 
-    from shared import model_store
+    from shared import champions, model_store
     from shared.forecasting import models
     from shared.forecasting.models import ModelSpec
     from shared.training.per_isbn import serving_forecast
@@ -152,8 +152,7 @@ def seed_served(cfg, store, frame, threads: int = 8) -> None:
         version = created.json()["model_version"]
         session.post(f"{api}/registered-models/alias", json={"name": name, "alias": cfg.serving.alias,
                                                               "version": version["version"]}, timeout=30).raise_for_status()
-        target = model_store.resolve(cfg, isbn)
-        store.record_champion(isbn, model_store.index_entry(target, forecast))
+        champions.record(cfg, store, isbn, model_store.resolve(cfg, isbn), forecast)
 
     with ThreadPoolExecutor(threads) as pool:  # MLflow's single SQLite writer is the limit
         list(pool.map(one, frame.groupby("isbn")))

@@ -4,6 +4,10 @@ champion index in Firestore (runstore.record_champion, written at every alias mo
 batched reads. Only an ISBN whose entry is missing or behind (an alias moved outside
 bookcast) costs registry round trips, and its entry is rewritten. Decisions, the monitor
 and the export all read champions this way.
+
+An entry also keeps the served version's lineage: the champion it replaced and that
+version's holdout metrics, worked out once when the alias moves, so the monitor compares
+a whole catalogue with what it replaced without an alias-history query per ISBN.
 """
 from __future__ import annotations
 
@@ -14,9 +18,60 @@ from shared import model_store
 from shared.config import Settings
 
 
-def record(store, isbn: str, target, forecast: dict) -> None:
+LINEAGE = "replaced"  # the entry's field: {"version": the champion replaced or None, "metrics": its holdout metrics}
+
+
+def record(cfg: Settings, store, isbn: str, target, forecast: dict) -> None:
     """Write the ISBN's index entry for a served version already read from the registry."""
-    store.record_champion(isbn, model_store.index_entry(target, forecast))
+    store.record_champion(isbn, {**model_store.index_entry(target, forecast),
+                                 LINEAGE: lineage(cfg, store, isbn, target.version)})
+
+
+def replaced_version(history: list[dict], version: str) -> str | None:
+    """The champion that the served version's lineage replaced when it was promoted: refreshes
+    are followed back to the version they refreshed. None for a first champion, a baseline or
+    a rollback (an operator's choice, alerted as such)."""
+    for move in reversed(history):
+        if move["to_version"] != version:
+            continue
+        if move["action"] != "refresh":
+            return move["from_version"] if move["action"] == "promote" else None
+        version = move["from_version"]
+    return None
+
+
+def holdout_metrics(tags: dict[str, str]) -> dict[str, float]:
+    from shared.forecasting.gates import TAG_PREFIX
+
+    return {k[len(TAG_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+
+
+def lineage(cfg: Settings, store, isbn: str, version: str) -> dict:
+    """The champion ``version`` replaced and that version's holdout metrics (none if it
+    is gone from the registry)."""
+    history = [m for m in store.alias_history(isbn) if m.get("alias") == cfg.serving.alias]
+    replaced = replaced_version(history, version)
+    before = model_store.version_tags(cfg, isbn, replaced) if replaced else None
+    return {"version": replaced, "metrics": holdout_metrics(before) if before else {}}
+
+
+def lineages(cfg: Settings, store, versions: dict[str, str]) -> dict[str, dict]:
+    """The lineage of each ISBN's served version (``versions``), from the index in batched
+    reads of two fields; an entry without it (indexed before lineage was kept) or for
+    another version has it worked out and kept."""
+    from shared.runstore import CHAMPIONS
+
+    entries = store.read_batched(CHAMPIONS, sorted(versions), field_paths=["version", LINEAGE])
+    found = {}
+    for isbn, version in versions.items():
+        entry = entries.get(isbn, {})
+        if entry.get("version") == version and LINEAGE in entry:
+            found[isbn] = entry[LINEAGE]
+        else:
+            found[isbn] = lineage(cfg, store, isbn, version)
+            if entry.get("version") == version:
+                store.col(CHAMPIONS).document(isbn).update({LINEAGE: found[isbn]})
+    return found
 
 
 def index(cfg: Settings, store, isbn: str):
@@ -25,7 +80,7 @@ def index(cfg: Settings, store, isbn: str):
     if target is None:
         return None, None
     forecast = model_store.serving_forecast(cfg, target.run_id)
-    record(store, isbn, target, forecast)
+    record(cfg, store, isbn, target, forecast)
     return target, forecast
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -152,25 +151,6 @@ def threshold_breaches(cfg: Settings, target: AliasTarget) -> tuple[str, str] | 
     return f"{target.isbn} v{target.version} serves above the metric thresholds", "; ".join(breaches)
 
 
-def replaced_version(history: list[dict], version: str) -> str | None:
-    """The champion that the served version's lineage replaced when it was promoted: refreshes
-    are followed back to the version they refreshed. None for a first champion, a baseline or
-    a rollback (an operator's choice, alerted as such)."""
-    for move in reversed(history):
-        if move["to_version"] != version:
-            continue
-        if move["action"] != "refresh":
-            return move["from_version"] if move["action"] == "promote" else None
-        version = move["from_version"]
-    return None
-
-
-def holdout_metrics(tags: dict[str, str]) -> dict[str, float]:
-    from shared.forecasting.gates import TAG_PREFIX
-
-    return {k[len(TAG_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
-
-
 def metric_increases(after: dict[str, float], before: dict[str, float], cfg: Settings) -> list[str]:
     limits = [("rmse", "RMSE", cfg.alerts.max_rmse_increase), ("wape", "WAPE", cfg.alerts.max_relative_error_increase)]
     if after.get("zero_weeks_in_holdout", 0) == 0 and before.get("zero_weeks_in_holdout", 0) == 0:
@@ -185,26 +165,23 @@ def metric_increases(after: dict[str, float], before: dict[str, float], cfg: Set
     return found
 
 
-def worsening(cfg: Settings, store: RunStore, target: AliasTarget) -> tuple[str, str] | None:
-    history = [m for m in store.alias_history(target.isbn) if m.get("alias") == target.alias]
-    replaced = replaced_version(history, target.version)
-    before = model_store.version_tags(cfg, target.isbn, replaced) if replaced else None
-    increases = metric_increases(holdout_metrics(target.tags), holdout_metrics(before), cfg) if before else []
+def worsening(cfg: Settings, target: AliasTarget, lineage: dict) -> tuple[str, str] | None:
+    """The served version against the champion it replaced (champions.lineage)."""
+    from shared.champions import holdout_metrics
+
+    replaced = lineage.get("version")
+    increases = metric_increases(holdout_metrics(target.tags), lineage["metrics"], cfg) \
+        if replaced and lineage.get("metrics") else []
     if not increases:
         return None
     return (f"{target.isbn} v{target.version} is worse than v{replaced}, the champion it replaced",
             "; ".join(increases))
 
 
-def degradation(cfg: Settings, store: RunStore, target: AliasTarget) -> tuple[str, str] | None:
+def degradation(cfg: Settings, target: AliasTarget, latest: dict | None) -> tuple[str, str] | None:
     """Measured by the latest decision about the served version on the weeks it never saw
-    (shared/decisions.py): a tick after that decision raises it."""
-    from google.cloud import firestore
-
-    query = (store.col("decisions").where(filter=firestore.FieldFilter("isbn", "==", target.isbn))
-             .where(filter=firestore.FieldFilter("inputs.champion_version", "==", target.version)))
-    latest = max((s.to_dict() for s in query.stream()), key=lambda d: d["decided_at"], default=None)
-    measured = (latest or {}).get("inputs", {}).get("degradation")
+    (shared/decisions.py, kept by runstore.record_decision): a tick after it raises it."""
+    measured = latest["measured"] if latest and latest.get("version") == target.version else None
     policy = cfg.decision
     if not measured or measured["unseen_weeks"] < policy.min_new_weeks_for_degradation \
             or measured["ratio"] <= 1 + policy.degradation_threshold:
@@ -215,8 +192,8 @@ def degradation(cfg: Settings, store: RunStore, target: AliasTarget) -> tuple[st
             f"{policy.degradation_threshold:+.0%})")
 
 
-def model_findings(cfg: Settings, store: RunStore, isbn: str, target: AliasTarget | None,
-                   first_training: bool) -> Findings:
+def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_training: bool,
+                   lineage: dict | None = None, latest_degradation: dict | None = None) -> Findings:
     found = Findings()
     if target is None:
         if not first_training:  # a first training holds a lease: nothing can be served before it ends
@@ -229,8 +206,8 @@ def model_findings(cfg: Settings, store: RunStore, isbn: str, target: AliasTarge
                                  f"v{target.version}: no tuned model has passed the quality gates yet")
                 if is_baseline(target) else None)
     found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))
-    found.check(WORSENED, isbn, worsening(cfg, store, target))
-    found.check(DEGRADED, isbn, degradation(cfg, store, target))
+    found.check(WORSENED, isbn, worsening(cfg, target, lineage or {}))
+    found.check(DEGRADED, isbn, degradation(cfg, target, latest_degradation))
     return found
 
 
@@ -240,24 +217,25 @@ def in_first_training(store: RunStore) -> set[str]:
 
 
 def survey_models(cfg: Settings, store: RunStore) -> tuple[Findings, Fleet]:
+    """Every ISBN's findings from batched reads only: one registry search and the champion
+    index (with each version's lineage), the latest degradation measures and the leases."""
     from shared import champions
+    from shared.runstore import DEGRADATION
 
     training = in_first_training(store)
     isbns = sorted(store.series_isbns())
-    served = champions.served(cfg, store, isbns)  # one registry search and batched reads, not a look-up per ISBN
-
-    def check(isbn: str) -> tuple[AliasTarget | None, Findings]:
-        target = served[isbn][0]
-        return target, model_findings(cfg, store, isbn, target, isbn in training)
-
+    served = champions.served(cfg, store, isbns)
+    versions = {isbn: target.version for isbn, (target, _) in served.items() if target is not None}
+    lineages = champions.lineages(cfg, store, versions)
+    measures = store.read_batched(DEGRADATION, sorted(versions))
     found, fleet = Findings(), Fleet(with_data=len(isbns))
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for isbn, (target, findings) in zip(isbns, pool.map(check, isbns)):
-            found.add(findings)
-            fleet.served += target is not None
-            fleet.baseline += target is not None and is_baseline(target)
-            fleet.unserved += target is None
-            fleet.first_training += target is None and isbn in training
+    for isbn in isbns:
+        target = served[isbn][0]
+        found.add(model_findings(cfg, isbn, target, isbn in training, lineages.get(isbn), measures.get(isbn)))
+        fleet.served += target is not None
+        fleet.baseline += target is not None and is_baseline(target)
+        fleet.unserved += target is None
+        fleet.first_training += target is None and isbn in training
     return found, fleet
 
 

@@ -179,7 +179,7 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
         elif alias == cfg.serving.alias:
             from shared import champions
 
-            champions.record(store, isbn, target, forecast)
+            champions.record(cfg, store, isbn, target, forecast)
     return previous
 
 

@@ -14,6 +14,7 @@ Collections (each name carries the configured prefix):
   challenges/{isbn}        the ISBN's latest challenger trial, with both frozen forecasts
   shadow_scores/{id}       one per ISBN, challenger and uploaded week: both forecasts' errors
   approvals/{isbn}-{ver}   a risky promotion waiting for a person: pending → approved | rejected
+  degradation/{isbn}       the latest decision's measure of the served version on weeks it never saw
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ PART_ISBNS = 1000  # ~250 KB of hashes and reasons a part
 CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
 READ_BATCH = 300  # documents per batched read
 TRANSACTION_PAUSE, TRANSACTION_PAUSE_CAP = 0.05, 2.0  # seconds: the pause after a conflict grows to the cap
+DEGRADATION = "degradation"  # one per ISBN: what the monitor alerts on, read in batches
 CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
 
 
@@ -142,12 +144,20 @@ class RunStore:
     # --- decisions --------------------------------------------------------------------------
     def record_decision(self, isbn: str, action: str, reasons: list[str], inputs: dict, cause: dict,
                         correlation_id: str, run_id: str | None = None, transaction=None) -> str:
+        """The decision; one that measured the served version on weeks it never saw also
+        becomes the ISBN's latest measure, which a monitor tick reads for a whole catalogue
+        in batches instead of querying decisions per ISBN."""
         decision_id = f"{cause.get('key', 'manual')}-{isbn}"
         doc = {"decision_id": decision_id, "isbn": isbn, "action": action, "reasons": reasons,
                "inputs": inputs, "cause": cause, "correlation_id": correlation_id, "run_id": run_id,
                "decided_at": now()}
-        ref = self.col("decisions").document(decision_id)
-        (transaction.set(ref, doc) if transaction else ref.set(doc))
+        writes = [(self.col("decisions").document(decision_id), doc)]
+        if inputs.get("degradation") and inputs.get("champion_version"):
+            writes.append((self.col(DEGRADATION).document(isbn), {
+                "version": inputs["champion_version"], "measured": inputs["degradation"], "decided_at": doc["decided_at"],
+                "decision_id": decision_id}))
+        for ref, written in writes:
+            (transaction.set(ref, written) if transaction else ref.set(written))
         return decision_id
 
     def decisions(self, limit: int = 100, isbn: str | None = None) -> list[dict]:

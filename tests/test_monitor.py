@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 import pytest
+from google.cloud import firestore
 from pydantic import SecretStr
 
 from emulators.processes import stop
 from emulators.stack import Ports
 from emulators.wiring import wire
-from shared import leases, registry
+from shared import champions, leases, registry
 from shared.alerting import Alert
 from shared.events import IsbnResult, PubSubMessage, RejectedInput, TrainingEvent, encode
 from shared.forecasting import models
@@ -23,7 +24,7 @@ from shared.forecasting.models import ModelSpec
 from shared.monitoring import on_message, worsening
 from shared.model_store import resolve
 from shared.pubsub import publish
-from shared.runstore import RunStore, now
+from shared.runstore import CHAMPIONS, RunStore, now
 from shared.training.per_isbn import serving_forecast
 from tests.helpers import Inbox, sample
 
@@ -257,8 +258,15 @@ def test_a_new_champion_worse_than_the_one_it_replaced_is_alerted(alerting_cfg, 
     # A refresh keeps the parameters and metrics of the version it refreshes: still worse than v1.
     refreshed = serve(alerting_cfg, store, worse, {**good, "rmse": 125.0, "wape": 0.21, "mape": 0.24},
                       {"kind": "refresh", "refreshes": second}, "refresh")
-    title, _ = worsening(alerting_cfg, store, resolve(alerting_cfg, worse))
+    target = resolve(alerting_cfg, worse)
+    title, _ = worsening(alerting_cfg, target, champions.lineages(alerting_cfg, store, {worse: target.version})[worse])
     assert title == f"{worse} v{refreshed} is worse than v{first}, the champion it replaced"
+    # An entry indexed before lineage was kept has it worked out once, and kept.
+    entry = store.col(CHAMPIONS).document(worse)
+    entry.update({champions.LINEAGE: firestore.DELETE_FIELD})
+    assert champions.lineages(alerting_cfg, store, {worse: refreshed})[worse]["version"] == first
+    assert entry.get().to_dict()[champions.LINEAGE] == {"version": first, "metrics": {**good, "rmse": 100.0,
+                                                                                      "wape": 0.2, "mape": 0.2}}
 
 
 def test_degradation_on_new_weeks_is_alerted_on_the_next_tick(alerting_cfg, inbox):
