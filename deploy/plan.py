@@ -60,6 +60,9 @@ TRAINING_ROLES = ("roles/datastore.user", "roles/pubsub.publisher", "roles/stora
                   "roles/logging.logWriter")
 
 
+GCLOUD_CLIENT_AUDIENCE = "32555940559.apps.googleusercontent.com"  # the Google Cloud SDK's OAuth client id
+
+
 @dataclass
 class Target:
     project: str
@@ -78,6 +81,14 @@ class Target:
 
     def function_url(self, name: str) -> str:
         return f"https://{self.region}-{self.project}.cloudfunctions.net/{name}"
+
+    def function_audiences(self, name: str) -> list[str]:
+        """The audiences an operator route accepts, as Cloud Run's own front door does: the
+        function's cloudfunctions.net URL and its service's run.app URL (tokens minted for a
+        URL, by services and `bookcast`), and gcloud's OAuth client, the audience of the user
+        token `gcloud functions call` sends (it calls with `credential.id_token`)."""
+        return [self.function_url(name), f"https://{name}-{self.project_number}.{self.region}.run.app",
+                GCLOUD_CLIENT_AUDIENCE]
 
     def account(self, name: str) -> str:
         return f"{name}@{self.project}.iam.gserviceaccount.com"
@@ -566,7 +577,7 @@ def function_env(t: Target, fn: Function) -> dict[str, str]:
            # Training jobs (Vertex) cannot mount secrets: they read the signing key by name.
            "BOOKCAST_EVENT_SIGNING_KEY_SECRET": f"projects/{t.project}/secrets/{SIGNING_SECRET}/versions/latest"}
     if fn.kind == "http":  # operator routes verify ID tokens minted for this URL
-        env["BOOKCAST_IDENTITY__AUDIENCES"] = json.dumps([t.function_url(fn.name)])
+        env["BOOKCAST_IDENTITY__AUDIENCES"] = json.dumps(t.function_audiences(fn.name))
     if fn.name == "monitor":
         env["BOOKCAST_ALERTS__FORECAST_HEALTH_URL"] = f"{t.function_url('forecast')}/health"
     return env

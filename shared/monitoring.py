@@ -26,7 +26,7 @@ from shared.events import MessageRejected, PubSubMessage, Topics
 from shared.failures import PermanentFailure, parse
 from shared.logs import get_logger
 from shared.model_store import AliasTarget
-from shared.runstore import RunStore, now
+from shared.runstore import RunStore, now, unpack_isbns
 
 log = get_logger(__name__)
 TICK = "schedule.tick"
@@ -265,7 +265,7 @@ def runs_since(store: RunStore, since: datetime) -> list[dict]:
     from google.cloud import firestore
 
     query = store.col("runs").where(filter=firestore.FieldFilter("created_at", ">=", since))
-    return [s.to_dict() for s in query.stream()]
+    return [unpack_isbns(s.to_dict()) for s in query.stream()]
 
 
 # --- daily summary --------------------------------------------------------------------------

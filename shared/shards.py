@@ -224,7 +224,7 @@ def settle_retry(store: RunStore, run_id: str, index: int, state: str, retried_a
                  transaction=None) -> None:
     fields = {"retry": state, **({"retried_as": retried_as} if retried_as else {})}
     ref = store.col(COLLECTION).document(shard_id(run_id, index))
-    (transaction.update(ref, fields) if transaction else ref.update(fields))
+    (transaction.update(ref, fields) if transaction is not None else ref.update(fields))
 
 
 @dataclass(frozen=True)

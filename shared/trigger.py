@@ -33,7 +33,7 @@ from shared.events import (CONTINUATION, GcsObject, PubSubMessage, RejectedInput
 from shared.failures import PermanentFailure, Unfinished, parse
 from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
 from shared.logs import correlated, get_logger
-from shared.runstore import RunStore, now, pack_series, unpack_series
+from shared.runstore import RunStore, now, pack, pack_series, unpack_isbns, unpack_series
 
 log = get_logger(__name__)
 
@@ -275,18 +275,19 @@ def open_cause(store: RunStore, cause: Cause, isbns: list[str], upload: Upload |
     its groups end, so every resumption cuts the same groups."""
     existing = store.get("causes", cause.key)
     if existing:
-        return existing
+        return unpack_isbns(existing)
     planned = sorted(isbns)
     stored = stored_weeks(store, planned)
     new_weeks = {i: len(upload.weeks_by_isbn[i]) for i in planned} if upload else {}
     ends = group_ends(planned, {i: stored.get(i, 0) + new_weeks.get(i, 0) for i in planned})
-    doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": planned,
-           "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
+    doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": pack(planned),
+           "isbn_count": len(planned), "group_ends": ends,
+           "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
     try:  # a create is atomic on its own: no transaction for concurrent deliveries to collide in
         store.col("causes").document(cause.key).create(doc)
-        return doc
+        return unpack_isbns(doc)
     except AlreadyExists:  # a concurrent delivery opened it first
-        return store.get("causes", cause.key)
+        return unpack_isbns(store.get("causes", cause.key))
 
 
 def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> Outcome:
@@ -309,7 +310,7 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
                              f"{cfg.decision.work_budget_seconds:g} s budget; a redelivery resumes them")
         decisions += decide_group(cfg, store, cause, run_id, index, group, upload, versions)
     log_decisions(cause, decisions)
-    closed = close_cause(store, cause, run_id)
+    closed = close_cause(store, cause, run_id, len(groups))
     finish_pending(cfg, store, store.get("causes", cause.key))
     if closed is None:
         return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
@@ -407,19 +408,21 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
     return decisions
 
 
-def close_cause(store: RunStore, cause: Cause, run_id: str) -> tuple[list[str], dict] | None:
+def close_cause(store: RunStore, cause: Cause, run_id: str, groups: int) -> tuple[list[str], dict] | None:
     """Create the run from the groups' markers and mark the cause accepted; None if another
-    delivery closed it first."""
+    delivery closed it first. The markers are read before the transaction (once written
+    they never change): a catalogue's are megabytes, which the transaction need not hold."""
+    ref = store.col("causes").document(cause.key)
+    markers = [m.to_dict() for m in ref.collection(GROUPS).order_by(FieldPath.document_id()).stream()]
+    if len(markers) != groups:  # every group is decided before closing: a partial run is a fault, retried
+        raise RuntimeError(f"{cause.key}: {len(markers)} of {groups} group markers readable; a redelivery closes it")
+    leased = sorted(i for m in markers for i in m["leased"])
+    summary = {a: sum(m["summary"].get(a, 0) for m in markers) for a in ACTIONS}
+
     def work(transaction):
-        ref = store.col("causes").document(cause.key)
         opened = ref.get(transaction=transaction).to_dict()
         if opened["status"] != DECIDING:
             return None
-        # A transaction reads queries, not collections: order by id to make it one.
-        in_order = ref.collection(GROUPS).order_by(FieldPath.document_id())
-        markers = [m.to_dict() for m in transaction.get(in_order)]
-        leased = sorted(i for m in markers for i in m["leased"])
-        summary = {a: sum(m["summary"].get(a, 0) for m in markers) for a in ACTIONS}
         if leased:
             store.create_run(leased, cause.as_dict(), cause.correlation_id, store.cfg.launcher, run_id=run_id,
                              transaction=transaction,

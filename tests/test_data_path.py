@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from cloudevents.http import CloudEvent
 from google.cloud.firestore_v1 import _helpers
-from google.cloud.firestore_v1.types import Document
+from google.cloud.firestore_v1.types import CommitRequest, Document
 
 from emulators.scheduler import fire
 from shared import model_store, trigger
@@ -31,6 +31,7 @@ from tests.test_trigger import dry_cfg, notifications, upload  # noqa: F401  (fi
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 FIRESTORE_DOCUMENT_LIMIT = 1_048_576
 GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024
+FIRESTORE_REQUEST_LIMIT = 10 * 1024 * 1024
 
 
 @pytest.fixture
@@ -153,21 +154,42 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
 
 
-def test_a_catalogue_run_keeps_every_document_under_the_firestore_limit(cfg, cloud):
-    """10,000 ISBNs' hashes and reasons are ~1.5 MB: the run's own document could not hold them."""
+def commit_sizes(store) -> list[tuple[int, bool]]:
+    """The size of every commit the store sends from now on (Firestore refuses a request over
+    10 MiB; the emulator does not), and whether it ends a transaction."""
+    api, sizes = store.db._firestore_api, []
+    send = api.commit
+
+    def measured(request=None, **kwargs):
+        sizes.append((CommitRequest(request)._pb.ByteSize(), bool(request.get("transaction"))))
+        return send(request=request, **kwargs)
+
+    api.commit = measured
+    return sizes
+
+
+def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_limits(cfg, cloud):
+    """100,000 ISBNs' hashes and reasons are ~25 MB and their list ~1.7 MB: the run's own
+    document could hold neither, nor one commit all of its parts."""
     from shared.runstore import RUN_PARTS
 
     store = RunStore(cfg)
-    isbns = [f"978{n:010d}" for n in range(10_000)]
-    run_id = store.create_run(isbns, {"kind": "upload"}, "cid-catalogue", "vertex",
-                              data_hashes={i: "ab" * 32 for i in isbns},
-                              decisions={i: ["no model yet", "forced by request"] for i in isbns},
-                              refreshes={isbns[0]: {"version": "3"}}, snapshot=[f"s{n:04d}" for n in range(100)])
+    isbns = [f"978{n:010d}" for n in range(100_000)]
+    sizes = commit_sizes(store)
+    run_id = store.in_transaction(lambda transaction: store.create_run(
+        isbns, {"kind": "upload"}, "cid-catalogue", "vertex", transaction=transaction,
+        data_hashes={i: "ab" * 32 for i in isbns}, decisions={i: ["no model yet", "forced by request"] for i in isbns},
+        refreshes={isbns[0]: {"version": "3"}}, snapshot=[f"s{n:04d}" for n in range(1000)]))
+    # 13 commits of parts, then the run's document in the transaction
+    assert [transactional for _, transactional in sizes] == [False] * 13 + [True]
+    assert max(size for size, _ in sizes) < FIRESTORE_REQUEST_LIMIT / 2
     parts = [d.to_dict() for d in store.col(RUN_PARTS).stream()]
-    assert len(parts) == 10
+    assert len(parts) == 100
     assert max(stored_bytes(d) for d in [store.get("runs", run_id)] + parts) < FIRESTORE_DOCUMENT_LIMIT / 2
     run = store.run(run_id, with_results=False)
-    assert len(run["data_hashes"]) == len(run["decisions"]) == 10_000 and run["refreshes"] == {isbns[0]: {"version": "3"}}
+    assert run["isbns"] == isbns and run["refreshes"] == {isbns[0]: {"version": "3"}}
+    assert len(run["data_hashes"]) == len(run["decisions"]) == 100_000
+    assert [r["isbns"] for r in store.runs()] == [isbns]
 
 
 def test_deciding_stops_at_its_budget_and_a_new_delivery_resumes_it_at_once(dry_cfg, probe, bucket, monkeypatch):

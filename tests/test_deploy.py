@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy.plan import ROOT, Plan, Target, apply, deploy_command, plan
+from deploy.plan import GCLOUD_CLIENT_AUDIENCE, ROOT, Plan, Target, apply, deploy_command, plan
 from deploy.staging import stage
 from deploy.state import RecordedState, recorded_name
 from deploy.verify import verify
@@ -146,7 +146,9 @@ def test_deploy_command_for_a_function(tmp_path):
     assert "--concurrency=80" in forecast and "--cpu=1" in forecast and "--no-allow-unauthenticated" in forecast
     env = next(a for a in forecast if a.startswith("--set-env-vars=^|^")).removeprefix("--set-env-vars=^|^")
     variables = dict(pair.split("=", 1) for pair in env.split("|"))
-    assert variables["BOOKCAST_IDENTITY__AUDIENCES"] == '["https://europe-west1-bookcast-prod.cloudfunctions.net/forecast"]'
+    assert json.loads(variables["BOOKCAST_IDENTITY__AUDIENCES"]) == [
+        "https://europe-west1-bookcast-prod.cloudfunctions.net/forecast",
+        f"https://forecast-{target.project_number}.europe-west1.run.app", GCLOUD_CLIENT_AUDIENCE]
     assert variables["BOOKCAST_VERTEX__IMAGE"] == f"europe-west1-docker.pkg.dev/bookcast-prod/bookcast/trainer:{DEPLOYED_VERSION}"
 
 

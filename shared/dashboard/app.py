@@ -18,7 +18,7 @@ from shared import alerting, isbn as isbn_rules, model_store
 from shared.config import Settings, settings
 from shared.dashboard import charts, inbox
 from shared.dashboard.fleet import STATE_MEANING, STATES, counts, fleet, select
-from shared.runstore import RUN_STATES, RunStore, now
+from shared.runstore import RUN_STATES, RunStore, now, unpack_isbns
 from shared.trace import timeline
 
 LIST_LIMIT = 200  # rows on the runs, uploads and alerts pages (newest first)
@@ -123,7 +123,8 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
         from google.cloud import firestore
 
         query = db().col("causes").where(filter=firestore.FieldFilter("kind", "==", "upload"))
-        uploads = sorted((s.to_dict() for s in query.stream()), key=lambda c: c["received_at"], reverse=True)
+        uploads = sorted((unpack_isbns(s.to_dict()) for s in query.stream()), key=lambda c: c["received_at"],
+                         reverse=True)
         status = request.args.get("status") or None
         shown = [u for u in uploads if not status or u["status"] == status][:LIST_LIMIT]
         return render_template("uploads.html", uploads=shown, status=status,
