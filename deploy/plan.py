@@ -212,11 +212,20 @@ def plan_registry(t: Target, state: State, teardown: bool) -> list[Change]:
                                   f"--location={t.region}"),
                          t.gcloud("artifacts", "repositories", "delete", "bookcast", f"--location={t.region}",
                                   "--quiet"))
-    if not teardown:  # the image goes with its repository
-        built = exists and state.gcloud(["artifacts", "docker", "images", "describe", t.image]) is not None
-        out += _exists_change(state, "trainer image", t.image.rsplit("/", 1)[1], built, False,
-                              t.gcloud("builds", "submit", str(ROOT), f"--tag={t.image}"), [])
-    return out
+    if teardown:  # the image goes with its repository
+        return out
+    from deploy.staging import stage_trainer
+
+    name = t.image.rsplit("/", 1)[1]
+    if exists and state.gcloud(["artifacts", "docker", "images", "describe", t.image]) is not None:
+        return out + [Change("trainer image", name, "unchanged")]
+    context = t.build_dir / "trainer"
+    command = t.gcloud("builds", "submit", str(context), f"--tag={t.image}")
+    build = _runner(state, command)
+    run = (lambda: (stage_trainer(t.build_dir, t.topology.trainer), build())) if build else None
+    return out + [Change("trainer image", name, "create", [f"staged from Dockerfile with shared/ and "
+                                                           f"{len(t.topology.trainer.packages)} pinned packages"],
+                         run, command)]
 
 
 def _secret_value(secret: Secret) -> str | None:

@@ -42,6 +42,11 @@ class Function(Strict):
     cpu: str | None = None
 
 
+class Trainer(Strict):
+    """The training job's image: what the worker imports (deploy/staging.py pins it)."""
+    packages: list[str]
+
+
 class Defaults(Strict):
     ack_deadline_seconds: int = 60
     max_delivery_attempts: int = 5
@@ -76,6 +81,7 @@ class Topology(Strict):
     buckets: list[Bucket]
     topics: list[Topic]
     functions: list[Function]
+    trainer: Trainer
     subscriptions: list[Subscription]
     defaults: Defaults
     scheduler_jobs: list[SchedulerJob]

