@@ -51,4 +51,4 @@ env: ## exports for bookcast and stock gcloud: eval "$(make -s env)"
 	@$(PY) -m emulators env
 
 lock: ## regenerate requirements.lock from pyproject.toml
-	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 -o requirements.lock
