@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -12,9 +13,15 @@ from emulators.stack import Ports, Stack
 
 def private_stack(profile: str = "test") -> Stack:
     """A stack on free ports with its own state and project, so a benchmark never
-    disturbs a running `make up`."""
+    disturbs a running `make up`. A benchmark stopped with SIGTERM (a timeout, a CI cancel)
+    unwinds like Ctrl-C, so its stack stops instead of outliving it."""
+    signal.signal(signal.SIGTERM, _unwind)
     state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
     return Stack(state, project=f"bench-{uuid.uuid4().hex[:8]}", ports=Ports.free(), profile=profile)
+
+
+def _unwind(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def bench_settings(stack: Stack, **overrides):
@@ -32,7 +39,7 @@ def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
     """A private stack with MLflow, GCS and the trigger-training function wired to its
     uploads; yields (stack, settings) and stops everything after. With ``vertex_dry_run``
     the function plans Vertex AI jobs instead of training."""
-    from emulators.processes import stop
+    from emulators.processes import stop, stop_workers
     from emulators.wiring import wire
 
     stack = private_stack(profile)
@@ -47,5 +54,6 @@ def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
         started.append(stack.start_function("trigger-training", extra_env=launcher))
         yield stack, cfg
     finally:
+        stop_workers(stack.state_dir)  # shard workers first, while Firestore still records their end
         for proc in reversed(started):
             stop(proc)

@@ -115,7 +115,11 @@ def end_to_end(console: Console, isbns: int) -> dict:
             last = time.monotonic() - t0
             run = store.run(cause["run_id"], with_results=False)
         parts = shards.of_run(store, cause["run_id"])
-        return {"isbns": isbns, "decided_s": decided, "first_champion_s": first, "last_champion_s": last,
+        failed = {isbn: r.get("reason", "") for isbn, r in shards.results(store, cause["run_id"]).items()
+                  if r.get("status") == "failed"}
+        for isbn, reason in sorted(failed.items()):  # the stack and its logs go when the benchmark ends
+            console.print(f"  failed: {isbn}: {reason}", highlight=False)
+        return {"failed": failed, "isbns": isbns, "decided_s": decided, "first_champion_s": first, "last_champion_s": last,
                 "served": served, "shards": len(parts), "run_status": run["status"],
                 "isbns_per_minute": served / (last / 60), "memory_mib": memory.by_role(),
                 "cpu_s_per_isbn": (run.get("compute_seconds") or 0) / max(1, served), "counts": run.get("counts")}
