@@ -40,8 +40,9 @@ log = get_logger(__name__)
 # ISBNs are decided in groups, one transaction each, which writes their series, decisions,
 # leases and snapshot, the weeks packed (runstore.pack: ~10 bytes a week). A group holds at
 # most GROUP_WEEKS weeks (well under 1 MB, against the 4 MiB gRPC message and 10 MiB request
-# limits) and GROUP_MAX_ISBNS ISBNs (~3 writes each, against 500 per commit): 100 three-year
-# series, or 13 of the longest possible (~2,900 weeks, sales.FIRST_WEEK).
+# limits) and GROUP_MAX_ISBNS ISBNs (at most 4 writes each: series, decision, degradation measure, lease;
+# plus the snapshot and the marker, against 500 per commit): 100 three-year series, or 13 of the
+# longest possible (~2,900 weeks, sales.FIRST_WEEK).
 GROUP_WEEKS = 40_000
 GROUP_MAX_ISBNS = 100
 UNKNOWN_SERIES_WEEKS = 520  # a series stored before its length was recorded: assume ten years
