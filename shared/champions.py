@@ -12,19 +12,33 @@ a whole catalogue with what it replaced without an alias-history query per ISBN.
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from google.api_core.exceptions import GoogleAPIError
 
 from shared import model_store
 from shared.config import Settings
+from shared.logs import get_logger
 
+log = get_logger(__name__)
 
-LINEAGE = "replaced"  # the entry's field: {"version": the champion replaced or None, "metrics": its holdout metrics}
+# The entry's field: {"of": the served version, "version": the champion it replaced or None,
+# "metrics": that champion's holdout metrics}. "of" tells a lineage from one written for an
+# earlier version of the entry.
+LINEAGE = "replaced"
 
 
 def record(cfg: Settings, store, isbn: str, target, forecast: dict) -> None:
     """Write the ISBN's index entry for a served version already read from the registry."""
-    store.record_champion(isbn, {**model_store.index_entry(target, forecast),
-                                 LINEAGE: lineage(cfg, store, isbn, target.version)})
+    entry = model_store.index_entry(target, forecast)
+    try:
+        entry[LINEAGE] = lineage(cfg, store, isbn, target.version)
+    except (GoogleAPIError, model_store.RegistryUnavailable, requests.RequestException) as error:
+        # The alias has moved: its entry matters more; lineages() works it out later.
+        log.warning("lineage of %s v%s not kept: %s", isbn, target.version, error, extra={"isbn": isbn})
+    store.record_champion(isbn, entry)
 
 
 def replaced_version(history: list[dict], version: str) -> str | None:
@@ -52,25 +66,30 @@ def lineage(cfg: Settings, store, isbn: str, version: str) -> dict:
     history = [m for m in store.alias_history(isbn) if m.get("alias") == cfg.serving.alias]
     replaced = replaced_version(history, version)
     before = model_store.version_tags(cfg, isbn, replaced) if replaced else None
-    return {"version": replaced, "metrics": holdout_metrics(before) if before else {}}
+    return {"of": version, "version": replaced, "metrics": holdout_metrics(before) if before else {}}
 
 
-def lineages(cfg: Settings, store, versions: dict[str, str]) -> dict[str, dict]:
+def lineages(cfg: Settings, store, versions: dict[str, str], deadline: float | None = None) -> dict[str, dict]:
     """The lineage of each ISBN's served version (``versions``), from the index in batched
-    reads of two fields; an entry without it (indexed before lineage was kept) or for
-    another version has it worked out and kept."""
+    reads of one field. An entry without it (indexed before lineage was kept, or its
+    lineage failed) has it worked out and kept, on 8 threads until ``deadline``
+    (time.monotonic()); ISBNs left out then are unknown until a later call."""
     from shared.runstore import CHAMPIONS
 
-    entries = store.read_batched(CHAMPIONS, sorted(versions), field_paths=["version", LINEAGE])
-    found = {}
-    for isbn, version in versions.items():
-        entry = entries.get(isbn, {})
-        if entry.get("version") == version and LINEAGE in entry:
-            found[isbn] = entry[LINEAGE]
-        else:
-            found[isbn] = lineage(cfg, store, isbn, version)
-            if entry.get("version") == version:
-                store.col(CHAMPIONS).document(isbn).update({LINEAGE: found[isbn]})
+    entries = store.read_batched(CHAMPIONS, sorted(versions), field_paths=[LINEAGE])
+    found = {isbn: entries[isbn][LINEAGE] for isbn, version in versions.items()
+             if (entries.get(isbn) or {}).get(LINEAGE, {}).get("of") == version}
+    missing = sorted(set(versions) - set(found))
+
+    def work(isbn: str) -> dict | None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        worked = lineage(cfg, store, isbn, versions[isbn])
+        store.col(CHAMPIONS).document(isbn).update({LINEAGE: worked})  # "of" guards a newer entry
+        return worked
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found.update((isbn, worked) for isbn, worked in zip(missing, pool.map(work, missing)) if worked is not None)
     return found
 
 

@@ -13,11 +13,14 @@ and the first tick of the day after the summary hour sends the daily summary.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import requests
+from google.api_core.exceptions import AlreadyExists
 
 from shared import alerting, leases, model_store
 from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
@@ -181,7 +184,7 @@ def worsening(cfg: Settings, target: AliasTarget, lineage: dict) -> tuple[str, s
 def degradation(cfg: Settings, target: AliasTarget, latest: dict | None) -> tuple[str, str] | None:
     """Measured by the latest decision about the served version on the weeks it never saw
     (shared/decisions.py, kept by runstore.record_decision): a tick after it raises it."""
-    measured = latest["measured"] if latest and latest.get("version") == target.version else None
+    measured = latest.get("measured") if latest and latest.get("version") == target.version else None
     policy = cfg.decision
     if not measured or measured["unseen_weeks"] < policy.min_new_weeks_for_degradation \
             or measured["ratio"] <= 1 + policy.degradation_threshold:
@@ -194,6 +197,9 @@ def degradation(cfg: Settings, target: AliasTarget, latest: dict | None) -> tupl
 
 def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_training: bool,
                    lineage: dict | None = None, latest_degradation: dict | None = None) -> Findings:
+    """What is wrong with the ISBN's served model. A lineage or degradation measure that is
+    not known yet (None: not worked out this tick) leaves its condition unchecked, so an
+    open alert about it is neither raised nor resolved."""
     found = Findings()
     if target is None:
         if not first_training:  # a first training holds a lease: nothing can be served before it ends
@@ -206,9 +212,49 @@ def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_t
                                  f"v{target.version}: no tuned model has passed the quality gates yet")
                 if is_baseline(target) else None)
     found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))
-    found.check(WORSENED, isbn, worsening(cfg, target, lineage or {}))
-    found.check(DEGRADED, isbn, degradation(cfg, target, latest_degradation))
+    if lineage is not None:
+        found.check(WORSENED, isbn, worsening(cfg, target, lineage))
+    if latest_degradation is not None:
+        found.check(DEGRADED, isbn, degradation(cfg, target, latest_degradation))
     return found
+
+
+# A tick's share of its timeout for working out what an upgrade left unrecorded: the lineage
+# of index entries, and the degradation measures of ISBNs decided before either was kept.
+BACKFILL_SECONDS = 40.0
+
+
+def latest_degradation(store: RunStore, isbns: list[str], deadline: float) -> dict[str, dict]:
+    """Each ISBN's latest degradation measure (degradation/{isbn}, kept by every decision
+    that measures one). An ISBN with none recorded, decided before measures were kept, has
+    its decisions searched once and the result kept, on 8 threads until ``deadline``; ISBNs
+    left out then are unknown this tick."""
+    from google.cloud import firestore
+
+    from shared.runstore import DEGRADATION
+
+    measures = store.read_batched(DEGRADATION, isbns)
+    missing = [isbn for isbn in isbns if isbn not in measures]
+
+    def backfill(isbn: str) -> dict | None:
+        if time.monotonic() > deadline:
+            return None
+        query = store.col("decisions").where(filter=firestore.FieldFilter("isbn", "==", isbn))
+        measured = [d for d in (s.to_dict() for s in query.stream()) if (d.get("inputs") or {}).get("degradation")]
+        latest = max(measured, key=lambda d: d["decided_at"], default=None)
+        doc = {"version": latest["inputs"].get("champion_version") if latest else None,
+               "measured": latest["inputs"]["degradation"] if latest else None,
+               "decided_at": latest["decided_at"] if latest else now(),
+               "decision_id": latest["decision_id"] if latest else None}
+        try:
+            store.col(DEGRADATION).document(isbn).create(doc)
+        except AlreadyExists:  # a decision recorded a newer measure meanwhile
+            return store.get(DEGRADATION, isbn)
+        return doc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        measures.update((isbn, doc) for isbn, doc in zip(missing, pool.map(backfill, missing)) if doc is not None)
+    return measures
 
 
 def in_first_training(store: RunStore) -> set[str]:
@@ -220,14 +266,14 @@ def survey_models(cfg: Settings, store: RunStore) -> tuple[Findings, Fleet]:
     """Every ISBN's findings from batched reads only: one registry search and the champion
     index (with each version's lineage), the latest degradation measures and the leases."""
     from shared import champions
-    from shared.runstore import DEGRADATION
 
+    deadline = time.monotonic() + BACKFILL_SECONDS
     training = in_first_training(store)
     isbns = sorted(store.series_isbns())
     served = champions.served(cfg, store, isbns)
     versions = {isbn: target.version for isbn, (target, _) in served.items() if target is not None}
-    lineages = champions.lineages(cfg, store, versions)
-    measures = store.read_batched(DEGRADATION, sorted(versions))
+    lineages = champions.lineages(cfg, store, versions, deadline)
+    measures = latest_degradation(store, sorted(versions), deadline)
     found, fleet = Findings(), Fleet(with_data=len(isbns))
     for isbn in isbns:
         target = served[isbn][0]

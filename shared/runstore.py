@@ -67,9 +67,10 @@ class RunStore:
         for attempt in range(1, attempts + 1):
             try:
                 return self._firestore.transactional(work)(self.db.transaction(max_attempts=1))
-            except (Aborted, ValueError) as failed:  # the client wraps a conflict at commit in ValueError
-                conflict = isinstance(failed, Aborted) or isinstance(failed.__cause__, Aborted)
-                if not conflict or attempt == attempts:
+            except Exception as failed:  # noqa: BLE001 - re-raised unless a conflict is behind it
+                # The client wraps a conflict at commit in ValueError, and a rollback that fails
+                # after it (the transaction is gone) raises its own error from the conflict.
+                if attempt == attempts or not _caused_by(failed, Aborted):
                     raise
             time.sleep(random.uniform(0, min(TRANSACTION_PAUSE_CAP, TRANSACTION_PAUSE * 2 ** attempt)))
 
@@ -87,30 +88,48 @@ class RunStore:
     # --- runs -------------------------------------------------------------------------------
     def create_run(self, isbns: list[str], cause: dict, correlation_id: str, launcher: str,
                    run_id: str | None = None, transaction=None, **fields: Any) -> str:
-        """The run's document (its ISBNs packed) and, for its per-ISBN maps (PER_ISBN_FIELDS),
-        part documents of PART_ISBNS ISBNs each: a catalogue's hashes and reasons would not fit
-        in one 1 MiB document, nor all its parts in one 10 MiB commit. The parts are written
-        first, PARTS_PER_COMMIT a commit, then the run's document (in ``transaction`` if
-        given): a run never exists without its parts, and parts left by a transaction that
-        lost are overwritten by the one that wins. ``run()`` puts them together again."""
+        """The run's document, its ISBNs packed, and, for its per-ISBN maps (PER_ISBN_FIELDS),
+        its part documents (``write_run_parts``) in the same commit (``transaction`` if
+        given). A catalogue's parts do not fit in one commit: outside a transaction they are
+        written first; in one, the caller writes them first and creates the run without the
+        maps. ``run()`` puts them together again."""
         run_id = run_id or f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         per_isbn = {name: fields.pop(name) for name in PER_ISBN_FIELDS if name in fields}
         ordered = sorted(isbns)
-        starts = range(0, len(ordered), PART_ISBNS)
-        for first in range(0, len(starts), PARTS_PER_COMMIT):
-            batch = self.db.batch()
-            for part in range(first, min(first + PARTS_PER_COMMIT, len(starts))):
-                chunk = set(ordered[starts[part]:starts[part] + PART_ISBNS])
-                batch.set(self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}"),
-                          {"run_id": run_id, **{name: {i: v for i, v in values.items() if i in chunk}
-                                                for name, values in per_isbn.items()}})
-            batch.commit()
+        parts = part_count(len(ordered))
         doc = {"run_id": run_id, "status": "queued", "isbns": pack(ordered), "isbn_count": len(ordered),
                "cause": cause, "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
-               "updated_at": now(), "attempt": 1, "parts": len(starts), **fields}
-        ref = self.col("runs").document(run_id)
-        (transaction.create(ref, doc) if transaction is not None else ref.create(doc))
+               "updated_at": now(), "attempt": 1, "parts": parts, **fields}
+        writer = transaction if transaction is not None else self.db.batch()
+        if per_isbn and parts <= PARTS_PER_COMMIT:
+            self._add_parts(writer, run_id, ordered, per_isbn, range(parts))
+        elif per_isbn and transaction is None:
+            self.write_run_parts(run_id, ordered, per_isbn)
+        elif per_isbn:
+            raise ValueError(f"{parts} run parts do not fit in the run's transaction: write_run_parts() them first")
+        writer.create(self.col("runs").document(run_id), doc)
+        if transaction is None:
+            writer.commit()
         return run_id
+
+    def write_run_parts(self, run_id: str, isbns: list[str], per_isbn: dict[str, dict]) -> None:
+        """A run's per-ISBN maps in part documents of PART_ISBNS ISBNs (a catalogue's hashes
+        and reasons would not fit in one 1 MiB document), PARTS_PER_COMMIT a commit (nor all
+        its parts in one 10 MiB commit). Written before the run exists, by a caller whose maps
+        are fixed (a cause's group markers): one that then loses the run's creation to a
+        concurrent delivery wrote the same parts."""
+        ordered, count = sorted(isbns), part_count(len(isbns))
+        for first in range(0, count, PARTS_PER_COMMIT):
+            batch = self.db.batch()
+            self._add_parts(batch, run_id, ordered, per_isbn, range(first, min(first + PARTS_PER_COMMIT, count)))
+            batch.commit()
+
+    def _add_parts(self, writer, run_id: str, ordered: list[str], per_isbn: dict[str, dict], parts: range) -> None:
+        for part in parts:
+            chunk = set(ordered[part * PART_ISBNS:(part + 1) * PART_ISBNS])
+            writer.set(self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}"),
+                       {"run_id": run_id, **{name: {i: v for i, v in values.items() if i in chunk}
+                                             for name, values in per_isbn.items()}})
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "status" in fields and fields["status"] not in RUN_STATES:
@@ -251,6 +270,19 @@ def unpack(packed: bytes) -> Any:
     import zlib
 
     return json.loads(zlib.decompress(packed))
+
+
+def part_count(isbns: int) -> int:
+    return -(-isbns // PART_ISBNS)
+
+
+def _caused_by(error: BaseException, kind: type) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def unpack_isbns(doc: dict | None) -> dict | None:

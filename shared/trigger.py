@@ -419,6 +419,11 @@ def close_cause(store: RunStore, cause: Cause, run_id: str, groups: int) -> tupl
         raise RuntimeError(f"{cause.key}: {len(markers)} of {groups} group markers readable; a redelivery closes it")
     leased = sorted(i for m in markers for i in m["leased"])
     summary = {a: sum(m["summary"].get(a, 0) for m in markers) for a in ACTIONS}
+    if leased:  # a catalogue's parts are many commits: written once, before the run's transaction
+        store.write_run_parts(run_id, leased, {
+            "data_hashes": {i: h for m in markers for i, h in m["data_hashes"].items()},
+            "decisions": {i: r for m in markers for i, r in m["decisions"].items()},
+            "refreshes": {i: r for m in markers for i, r in m.get("refreshes", {}).items()}})
 
     def work(transaction):
         opened = ref.get(transaction=transaction).to_dict()
@@ -426,11 +431,7 @@ def close_cause(store: RunStore, cause: Cause, run_id: str, groups: int) -> tupl
             return None
         if leased:
             store.create_run(leased, cause.as_dict(), cause.correlation_id, store.cfg.launcher, run_id=run_id,
-                             transaction=transaction,
-                             data_hashes={i: h for m in markers for i, h in m["data_hashes"].items()},
-                             snapshot=sorted(m["snapshot"] for m in markers if m["snapshot"]),
-                             decisions={i: r for m in markers for i, r in m["decisions"].items()},
-                             refreshes={i: r for m in markers for i, r in m.get("refreshes", {}).items()})
+                             transaction=transaction, snapshot=sorted(m["snapshot"] for m in markers if m["snapshot"]))
         transaction.update(ref, {"status": ACCEPTED, "run_id": run_id if leased else None, "launched": not leased,
                                  "summary": summary, "decided_at": now()})
         transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})

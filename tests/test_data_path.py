@@ -175,11 +175,17 @@ def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_lim
 
     store = RunStore(cfg)
     isbns = [f"978{n:010d}" for n in range(100_000)]
+    maps = {"data_hashes": {i: "ab" * 32 for i in isbns},
+            "decisions": {i: ["no model yet", "forced by request"] for i in isbns},
+            "refreshes": {isbns[0]: {"version": "3"}}}
+    with pytest.raises(ValueError, match="write_run_parts"):  # 100 parts are no transaction's
+        store.in_transaction(lambda transaction: store.create_run(isbns, {}, "c", "vertex", run_id="too-big",
+                                                                  transaction=transaction, **maps))
     sizes = commit_sizes(store)
+    store.write_run_parts("run-catalogue", isbns, maps)  # what closing a cause does, from its markers
     run_id = store.in_transaction(lambda transaction: store.create_run(
-        isbns, {"kind": "upload"}, "cid-catalogue", "vertex", transaction=transaction,
-        data_hashes={i: "ab" * 32 for i in isbns}, decisions={i: ["no model yet", "forced by request"] for i in isbns},
-        refreshes={isbns[0]: {"version": "3"}}, snapshot=[f"s{n:04d}" for n in range(1000)]))
+        isbns, {"kind": "upload"}, "cid-catalogue", "vertex", run_id="run-catalogue", transaction=transaction,
+        snapshot=[f"s{n:04d}" for n in range(1000)]))
     # 13 commits of parts, then the run's document in the transaction
     assert [transactional for _, transactional in sizes] == [False] * 13 + [True]
     assert max(size for size, _ in sizes) < FIRESTORE_REQUEST_LIMIT / 2

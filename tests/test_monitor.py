@@ -16,15 +16,16 @@ from pydantic import SecretStr
 from emulators.processes import stop
 from emulators.stack import Ports
 from emulators.wiring import wire
-from shared import champions, leases, registry
+from shared import champions, leases, monitoring, registry
 from shared.alerting import Alert
+from shared.dashboard.fleet import measured_degraded
 from shared.events import IsbnResult, PubSubMessage, RejectedInput, TrainingEvent, encode
 from shared.forecasting import models
 from shared.forecasting.models import ModelSpec
 from shared.monitoring import on_message, worsening
 from shared.model_store import resolve
 from shared.pubsub import publish
-from shared.runstore import CHAMPIONS, RunStore, now
+from shared.runstore import CHAMPIONS, DEGRADATION, RunStore, now
 from shared.training.per_isbn import serving_forecast
 from tests.helpers import Inbox, sample
 
@@ -265,8 +266,8 @@ def test_a_new_champion_worse_than_the_one_it_replaced_is_alerted(alerting_cfg, 
     entry = store.col(CHAMPIONS).document(worse)
     entry.update({champions.LINEAGE: firestore.DELETE_FIELD})
     assert champions.lineages(alerting_cfg, store, {worse: refreshed})[worse]["version"] == first
-    assert entry.get().to_dict()[champions.LINEAGE] == {"version": first, "metrics": {**good, "rmse": 100.0,
-                                                                                      "wape": 0.2, "mape": 0.2}}
+    assert entry.get().to_dict()[champions.LINEAGE] == {"of": refreshed, "version": first, "metrics": {
+        **good, "rmse": 100.0, "wape": 0.2, "mape": 0.2}}
 
 
 def test_degradation_on_new_weeks_is_alerted_on_the_next_tick(alerting_cfg, inbox):
@@ -283,6 +284,33 @@ def test_degradation_on_new_weeks_is_alerted_on_the_next_tick(alerting_cfg, inbo
         **measured, "unseen_weeks": 5, "unseen_mae": 13.0, "ratio": 1.3}}, {"key": "u2"}, "c")
     assert on_message(alerting_cfg, tick("t2"))["sent"] == [f"degraded:{isbn}"]
     assert "MAE 13.0 on 5 weeks it never saw vs 10.0 on its holdout (+30%, at most +25%)" in inbox.slack[0]["text"]
+
+
+def test_an_isbn_decided_before_measures_were_kept_is_judged_once_they_are_worked_out(alerting_cfg, inbox,
+                                                                                     monkeypatch):
+    store = RunStore(alerting_cfg)
+    isbn = "9780306406157"
+    with_data(store, [isbn])
+    version = serve(alerting_cfg, store, isbn, {"mae": 10.0, "relative_mae": 0.8, "wape": 0.2, "rmse": 12.0}, {})
+    store.record_decision(isbn, "train", ["degraded"], {"champion_version": version, "degradation": {
+        "unseen_weeks": 5, "unseen_abs_error": 65.0, "new_weeks_scored": 5, "unseen_mae": 13.0, "holdout_mae": 10.0,
+        "ratio": 1.3}}, {"key": "u1"}, "c")
+    measure = store.col(DEGRADATION).document(isbn)
+    measure.delete()  # as a deployment from before measures were kept left it
+    assert on_message(alerting_cfg, tick("t1"))["sent"] == [f"degraded:{isbn}"]  # found in its decisions
+    assert measure.get().to_dict()["version"] == version  # and kept: the next tick reads it
+    assert measured_degraded(alerting_cfg, store) == {(isbn, version)}  # the dashboard's degraded state agrees
+    # A tick out of time to work it out leaves the ISBN unjudged: its open alert stays open.
+    measure.delete()
+    monkeypatch.setattr(monitoring, "BACKFILL_SECONDS", -1.0)
+    assert f"degraded:{isbn}" not in on_message(alerting_cfg, tick("t2"))["resolved"]
+    assert not measure.get().exists
+    monkeypatch.setattr(monitoring, "BACKFILL_SECONDS", 40.0)
+    store.record_decision(isbn, "skip", [], {"champion_version": version, "degradation": {
+        "unseen_weeks": 6, "unseen_abs_error": 60.0, "new_weeks_scored": 6, "unseen_mae": 10.0, "holdout_mae": 10.0,
+        "ratio": 1.0}}, {"key": "u2"}, "c")
+    assert on_message(alerting_cfg, tick("t3"))["resolved"] == [f"degraded:{isbn}"]
+    assert measured_degraded(alerting_cfg, store) == set()
 
 
 def test_monitor_function_receives_failures_pushed_by_pubsub(cloud, alerting_cfg, inbox):

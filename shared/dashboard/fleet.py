@@ -60,18 +60,20 @@ class FleetRow:
 
 
 def measured_degraded(cfg: Settings, store: RunStore) -> set[tuple[str, str]]:
-    """(ISBN, version) pairs that a decision measured as degraded: error on at least the
-    minimum of unseen weeks above its holdout error by more than the threshold (the
-    monitor's rule, shared/monitoring.degradation). One query; such decisions are few."""
+    """(ISBN, version) pairs whose latest measure (degradation/{isbn}, what the monitor
+    judges) is degraded: error on at least the minimum of unseen weeks above its holdout
+    error by more than the threshold (shared/monitoring.degradation). One query; such
+    measures are few."""
     from google.cloud import firestore
 
+    from shared.runstore import DEGRADATION
+
     policy = cfg.decision
-    query = (store.col("decisions")
-             .where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">", 1 + policy.degradation_threshold))
-             .select(["isbn", "inputs.champion_version", "inputs.degradation.unseen_weeks"]))
-    measured = (snap.to_dict() for snap in query.stream())
-    return {(d["isbn"], d["inputs"]["champion_version"]) for d in measured
-            if d["inputs"]["degradation"]["unseen_weeks"] >= policy.min_new_weeks_for_degradation}
+    query = (store.col(DEGRADATION)
+             .where(filter=firestore.FieldFilter("measured.ratio", ">", 1 + policy.degradation_threshold))
+             .select(["version", "measured.unseen_weeks"]))
+    return {(snap.id, doc["version"]) for snap in query.stream() for doc in [snap.to_dict()]
+            if doc["measured"]["unseen_weeks"] >= policy.min_new_weeks_for_degradation}
 
 
 def quarantined_versions(cfg: Settings) -> dict[str, str] | None:
