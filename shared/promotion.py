@@ -36,9 +36,11 @@ from shared.runstore import APPROVALS, CHALLENGES, SHADOW_SCORES, RunStore, now
 
 log = get_logger(__name__)
 ON_TRIAL, PROMOTED, RETIRED = "on_trial", "promoted", "retired"                # a challenge's status
+SETTLING = "settling"  # a challenge one process is promoting or retiring right now
 PENDING, APPROVED, REJECTED, WITHDRAWN = "pending", "approved", "rejected", "withdrawn"  # an approval's
 DECIDING = "deciding"  # an approval someone is acting on right now
 DECIDING_EXPIRES = timedelta(minutes=5)  # a claim older than this was left by a process that died
+SETTLING_EXPIRES = timedelta(minutes=5)  # likewise for a challenge being settled
 CHALLENGE, RETIRE, PROMOTE = "challenge", "retire", "promote"                  # alias move actions
 SHADOW_ACTOR = "shadow-scoring"
 AUDIT = "audit"
@@ -182,7 +184,7 @@ def score_upload(cfg: Settings, store: RunStore, weeks_by_isbn: dict[str, dict[s
     challengers that have enough weeks. Returns what happened per ISBN that has a trial.
     Safe to repeat: a week's score is one document, replaced only by a newer upload."""
     refs = {isbn: store.col(CHALLENGES).document(isbn) for isbn in weeks_by_isbn}
-    trials = {i: t for i, t in store.read_many(None, refs).items() if t and t["status"] == ON_TRIAL}
+    trials = {i: t for i, t in store.read_many(None, refs).items() if t and open_to_settle(t)}
     outcomes = {}
     for isbn, trial in trials.items():
         _score(store, trial, weeks_by_isbn[isbn], order)
@@ -207,6 +209,27 @@ def _score(store: RunStore, trial: dict, weeks: dict[str, int], order: str) -> N
             "champion_error": round(abs(actual - champion[week]), 3), "upload_order": order, "scored_at": now()})
     if scored:
         batch.commit()
+
+
+def open_to_settle(trial: dict) -> bool:
+    """On trial, or left settling by a process that died."""
+    return trial["status"] == ON_TRIAL or (trial["status"] == SETTLING and now() - trial["settling_at"] > SETTLING_EXPIRES)
+
+
+def claim_trial(store: RunStore, isbn: str, version: str, by: str) -> dict | None:
+    """The ISBN's trial of ``version``, marked settling, if it is open to settle: exactly one
+    process promotes or retires a challenger (two uploads scoring the same weeks, a
+    redelivery, an approval meanwhile). None if another settles or settled it."""
+    ref = store.col(CHALLENGES).document(isbn)
+
+    def claim(transaction) -> dict | None:
+        trial = ref.get(transaction=transaction).to_dict()
+        if not trial or trial["version"] != version or not open_to_settle(trial):
+            return None
+        transaction.update(ref, {"status": SETTLING, "settling_by": by, "settling_at": now()})
+        return trial
+
+    return store.in_transaction(claim)
 
 
 def shadow_scores(store: RunStore, isbn: str, version: str) -> list[dict]:
@@ -236,18 +259,21 @@ def settle(cfg: Settings, store: RunStore, trial: dict, correlation_id: str) -> 
         return f"on trial: {score['weeks']} of {score['needed']} week(s) scored"
     evidence = (f"MAE {score['challenger_mae']:g} vs the champion's {score['champion_mae']:g} over "
                 f"{score['weeks']} uploaded week(s)")
-    if score["challenger_mae"] >= score["champion_mae"]:
-        registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, f"v{version} lost the shadow scoring: {evidence}",
-                              SHADOW_ACTOR, correlation_id)
-        _end_trial(store, trial, RETIRED, f"lost: {evidence}")
-        _close_approval(store, isbn, version, WITHDRAWN, f"the challenger lost: {evidence}")
-        return f"retired: {evidence}"
-    if trial.get("require_approval"):
+    won = score["challenger_mae"] < score["champion_mae"]
+    if won and trial.get("require_approval"):
         send(cfg, store, Alert(f"approval-won:{isbn}:{version}", WARNING,
                                f"{isbn} challenger v{version} won its trial and waits for approval",
                                f"{evidence}. bookcast approve {isbn} {version} --reason ... (or reject)",
                                correlation_id))
         return f"won, waiting for approval: {evidence}"
+    if claim_trial(store, isbn, version, SHADOW_ACTOR) is None:
+        return "settled by another delivery"
+    if not won:
+        registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, f"v{version} lost the shadow scoring: {evidence}",
+                              SHADOW_ACTOR, correlation_id)
+        _end_trial(store, trial, RETIRED, f"lost: {evidence}")
+        _close_approval(store, isbn, version, WITHDRAWN, f"the challenger lost: {evidence}")
+        return f"retired: {evidence}"
     _promote_challenger(cfg, store, trial, f"v{version} won the shadow scoring: {evidence}", SHADOW_ACTOR,
                         correlation_id)
     return f"promoted: {evidence}"
@@ -333,8 +359,7 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
         raise ApprovalError(f"{isbn} v{version} is {approval['status']} already "
                             f"(by {approval.get('decided_by')}: {approval.get('decision_reason')})")
     correlation_id = correlation_id or f"approval-{uuid.uuid4().hex[:12]}"
-    trial = store.get(CHALLENGES, isbn)
-    trial = trial if trial and trial["version"] == version and trial["status"] == ON_TRIAL else None
+    trial = claim_trial(store, isbn, version, actor)  # None: no trial, or shadow scoring settled it
     if approve:
         if trial:
             served = _promote_challenger(cfg, store, trial, f"approved by {actor}: {reason}", actor, correlation_id)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -127,6 +128,27 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     retired = store.alias_history(loser)[-1]
     assert (retired["alias"], retired["action"], retired["from_version"]) == (CHALLENGER, "retire", challengers[loser])
     assert "lost the shadow scoring" in retired["reason"] and store.get(CHALLENGES, loser)["status"] == promotion.RETIRED
+
+
+def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, probe):
+    store = RunStore(cfg)
+    frame = sample(1, years=2, seed=62)
+    isbn = frame["isbn"].iloc[0]
+    champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
+    challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.1)
+    store.col(CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
+                                              "status": promotion.ON_TRIAL, "require_approval": False})
+    for week in ("2026-11-09", "2026-11-16"):
+        store.col(SHADOW_SCORES).document(f"{isbn}-v{challenger}-{week}").set({
+            "isbn": isbn, "version": challenger, "week": week, "challenger_error": 1.0, "champion_error": 3.0})
+    trial = store.get(CHALLENGES, isbn)
+    settling = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(update={"weeks_to_decide": 2})})
+    with ThreadPoolExecutor(3) as pool:  # two uploads and a redelivery scoring the same weeks
+        outcomes = list(pool.map(lambda cid: promotion.settle(settling, store, trial, cid), ["c1", "c2", "c3"]))
+    assert sorted(o.split(":")[0] for o in outcomes) == ["promoted"] + ["settled by another delivery"] * 2
+    moves = [m for m in store.alias_history(isbn) if m["action"] == "promote" and m["actor"] == promotion.SHADOW_ACTOR]
+    assert [m["to_version"] for m in moves] == [challenger]
+    assert served_version(cfg, isbn) == challenger and store.get(CHALLENGES, isbn)["status"] == promotion.PROMOTED
 
 
 def test_canary_serving_is_deterministic_per_caller_and_labelled(cloud, cfg, probe):
