@@ -506,6 +506,9 @@ MAX_ATTEMPTS = 2
 RETRY_AFTER = timedelta(minutes=5)  # a failed run's retry waits for the first reconcile tick after this
 
 
+LEASE_CHUNK = 400  # leases a retry claims per transaction
+
+
 def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str) -> str | None:
     """Launch the retry of a failed shard on the same decided series (the run's snapshot), as
     a run of its own, at most once; returns the retry's run id if this call launched it."""
@@ -519,14 +522,26 @@ def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str
     cause = Cause(key=key, kind="retry", correlation_id=old.get("correlation_id", old_run_id), message_id=key,
                   delivery_key=key, forced=True, detail={"retry_of": old_run_id, "shard": index})
     run_id = f"{shards.shard_id(old_run_id, index)}-retry"
+    if store.col("runs").document(run_id).get().exists:
+        return None
+    # A shard holds up to 1,000 ISBNs, a lease is a write, and a commit takes 500: the leases are
+    # claimed LEASE_CHUNK a transaction first (as a cause's groups claim theirs), then the run
+    # is created. Leases left for a retry that never got created expire and are freed.
+    leased: list[str] = []
+    for start in range(0, len(shard["isbns"]), LEASE_CHUNK):
+        chunk = shard["isbns"][start:start + LEASE_CHUNK]
+
+        def claim(transaction, chunk=chunk) -> list[str]:
+            got, _ = leases.claim(store, transaction, leases.read(store, transaction, chunk), chunk, run_id,
+                                  cfg.training.lease_ttl_seconds, cause.as_dict())
+            return got
+
+        leased += store.in_transaction(claim)
 
     def relaunch(transaction) -> bool:
         if store.col("runs").document(run_id).get(transaction=transaction).exists:
             return False
         has_document = retried.get(transaction=transaction).exists  # not if it never launched
-        held = leases.read(store, transaction, shard["isbns"])
-        leased, _ = leases.claim(store, transaction, held, shard["isbns"], run_id,
-                                 cfg.training.lease_ttl_seconds, cause.as_dict())
         if has_document:
             shards.settle_retry(store, old_run_id, index, shards.RETRY_DONE, run_id if leased else None, transaction)
         if not leased:  # every ISBN is training in a newer run already: nothing to retry
@@ -548,31 +563,35 @@ def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str
 LEASE_EXPIRED = "its lease expired: the shard's worker stopped reporting"
 
 
-def reap_shard(cfg: Settings, store: RunStore, old_run_id: str, index: int) -> str | None:
+def reap_shard(cfg: Settings, store: RunStore, old_run_id: str, index: int) -> list[str]:
     """A shard whose worker stopped reporting: recorded failed (unless it ended already),
     what it still holds freed (what waited on it is requested again), and retried once as a
-    new run naming it. The run's other shards go on. Returns the retry's run id."""
+    new run naming it. The run's other shards go on. Returns the retries' run ids."""
     old = store.run(old_run_id, with_results=False)
     if not old:  # its cause stopped between deciding groups: resumed by redelivery or reconciling
         leases.release_all(store, old_run_id)
-        return None
+        return []
     shard = shards.get(store, old_run_id, index)
-    if shard:
-        shards.close(cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], LEASE_EXPIRED)
-        shard = shards.get(store, old_run_id, index)  # as recorded: it may have ended on its own
-    else:  # leased, never launched: the run as a whole is what failed
+    if not shard:  # leased, never launched: the run as a whole failed; retried as the shards it would have had
         store.update_run(old_run_id, status="failed", error=LEASE_EXPIRED)
-        shard = {"index": index, "isbns": old["isbns"], "status": "failed"}
-    leases.release_all(store, old_run_id, index if "run_id" in shard else None)
+        leases.release_all(store, old_run_id)
+        planned = shards.plan(old["isbns"], cfg.training.isbns_per_shard, max_shards(cfg))
+        retries = [retry_shard(cfg, store, old, {"index": i, "isbns": isbns, "status": "failed"}, LEASE_EXPIRED)
+                   for i, isbns in enumerate(planned)]
+        return [r for r in retries if r]
+    shards.close(cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], LEASE_EXPIRED)
+    shard = shards.get(store, old_run_id, index)  # as recorded: it may have ended on its own
+    leases.release_all(store, old_run_id, index)
     if shard["status"] != "failed":  # it ended well and only its leases were left behind
-        return None
-    return retry_shard(cfg, store, old, shard, LEASE_EXPIRED)
+        return []
+    retry = retry_shard(cfg, store, old, shard, LEASE_EXPIRED)
+    return [retry] if retry else []
 
 
 def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
     """Every shard whose leases expired, reaped (reap_shard)."""
     expired = sorted({(lease["run_id"], lease.get("shard", 0)) for lease in leases.expired(store)})
-    return [retry for run_id, index in expired if (retry := reap_shard(cfg, store, run_id, index))]
+    return [retry for run_id, index in expired for retry in reap_shard(cfg, store, run_id, index)]
 
 
 def retry_failed_shards(cfg: Settings, store: RunStore) -> list[str]:

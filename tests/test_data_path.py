@@ -15,7 +15,7 @@ from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import CommitRequest, Document
 
 from emulators.scheduler import fire
-from shared import model_store, trigger
+from shared import model_store, shards, trigger
 from shared.events import PubSubMessage, Topics
 from shared.gcs import storage_client
 from shared.jobs import SNAPSHOTS, TrainingJob, training_job
@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("mlflow_server")
 FIRESTORE_DOCUMENT_LIMIT = 1_048_576
 GRPC_MESSAGE_LIMIT = 4 * 1024 * 1024
 FIRESTORE_REQUEST_LIMIT = 10 * 1024 * 1024
+FIRESTORE_COMMIT_WRITES = 500
 
 
 @pytest.fixture
@@ -154,14 +155,15 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
     assert len(series) == 400 and all(len(s["units"]) == 500 for s in series.values())
 
 
-def commit_sizes(store) -> list[tuple[int, bool]]:
+def commit_sizes(store) -> list[tuple[int, bool, int]]:
     """The size of every commit the store sends from now on (Firestore refuses a request over
-    10 MiB; the emulator does not), and whether it ends a transaction."""
+    10 MiB or 500 writes; the emulator does not), whether it ends a transaction, and its writes."""
     api, sizes = store.db._firestore_api, []
     send = api.commit
 
     def measured(request=None, **kwargs):
-        sizes.append((CommitRequest(request)._pb.ByteSize(), bool(request.get("transaction"))))
+        sizes.append((CommitRequest(request)._pb.ByteSize(), bool(request.get("transaction")),
+                      len(request.get("writes") or [])))
         return send(request=request, **kwargs)
 
     api.commit = measured
@@ -187,8 +189,8 @@ def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_lim
         isbns, {"kind": "upload"}, "cid-catalogue", "vertex", run_id="run-catalogue", transaction=transaction,
         snapshot=[f"s{n:04d}" for n in range(1000)]))
     # 13 commits of parts, then the run's document in the transaction
-    assert [transactional for _, transactional in sizes] == [False] * 13 + [True]
-    assert max(size for size, _ in sizes) < FIRESTORE_REQUEST_LIMIT / 2
+    assert [transactional for _, transactional, _ in sizes] == [False] * 13 + [True]
+    assert max(size for size, _, _ in sizes) < FIRESTORE_REQUEST_LIMIT / 2
     parts = [d.to_dict() for d in store.col(RUN_PARTS).stream()]
     assert len(parts) == 100
     assert max(stored_bytes(d) for d in [store.get("runs", run_id)] + parts) < FIRESTORE_DOCUMENT_LIMIT / 2
@@ -196,6 +198,26 @@ def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_lim
     assert run["isbns"] == isbns and run["refreshes"] == {isbns[0]: {"version": "3"}}
     assert len(run["data_hashes"]) == len(run["decisions"]) == 100_000
     assert [r["isbns"] for r in store.runs()] == [isbns]
+
+
+def test_a_failed_shard_of_1000_isbns_is_retried_in_commits_firestore_takes(dry_cfg, probe, bucket):
+    """A shard holds up to 1,000 ISBNs and each lease is a write: one retry transaction
+    claiming them all would pass Firestore's 500 writes a commit."""
+    store = RunStore(dry_cfg)
+    isbns = [f"978{n:010d}" for n in range(1000)]
+    run_id = store.create_run(isbns, {"kind": "upload"}, "cid-retry", "vertex", snapshot=["s0"],
+                              data_hashes={i: "ab" * 32 for i in isbns})
+    shards.create(store, run_id, [isbns], attempt=1, leased=False)
+    shards.finish(store, run_id, 0, "failed", error="MLflow unreachable")
+    sizes = commit_sizes(store)
+    retry = trigger.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
+                                "it failed")
+    assert retry == f"{shards.shard_id(run_id, 0)}-retry"
+    assert max(writes for _, _, writes in sizes) <= FIRESTORE_COMMIT_WRITES
+    assert sorted(store.run(retry)["isbns"]) == isbns
+    assert {lease["run_id"] for lease in store.stream("leases")} == {retry}
+    assert trigger.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
+                               "it failed") is None  # once
 
 
 def test_deciding_stops_at_its_budget_and_a_new_delivery_resumes_it_at_once(dry_cfg, probe, bucket, monkeypatch):
