@@ -13,15 +13,34 @@ from emulators.stack import Ports, Stack
 
 def private_stack(profile: str = "test") -> Stack:
     """A stack on free ports with its own state and project, so a benchmark never
-    disturbs a running `make up`. A benchmark stopped with SIGTERM (a timeout, a CI cancel)
-    unwinds like Ctrl-C, so its stack stops instead of outliving it."""
-    signal.signal(signal.SIGTERM, _unwind)
+    disturbs a running `make up`, nor outlives one stopped with SIGTERM."""
+    signal.signal(signal.SIGTERM, _stop_everything)
     state = Path(tempfile.mkdtemp(prefix="bookcast-bench-"))
     return Stack(state, project=f"bench-{uuid.uuid4().hex[:8]}", ports=Ports.free(), profile=profile)
 
 
-def _unwind(signum, _frame) -> None:
-    raise SystemExit(128 + signum)
+def _stop_everything(signum, _frame) -> None:
+    """SIGTERM (a timeout, a CI cancel): every process the benchmark started, directly or
+    not, is stopped, then the benchmark exits. Unwinding instead (an exception raised here)
+    deadlocked a benchmark inside a thread pool's shutdown, its stack left running."""
+    import psutil
+
+    started = psutil.Process().children(recursive=True)
+    for process in started:
+        process.terminate()
+    for process in psutil.wait_procs(started, timeout=10)[1]:
+        process.kill()
+    os._exit(128 + signum)
+
+
+def stop_stack(stack: Stack, started: list) -> None:
+    """Shard workers first (while Firestore still records their end), then the processes
+    in reverse order of starting."""
+    from emulators.processes import stop, stop_workers
+
+    stop_workers(stack.state_dir)
+    for proc in reversed(started):
+        stop(proc)
 
 
 def bench_settings(stack: Stack, **overrides):
@@ -39,7 +58,6 @@ def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
     """A private stack with MLflow, GCS and the trigger-training function wired to its
     uploads; yields (stack, settings) and stops everything after. With ``vertex_dry_run``
     the function plans Vertex AI jobs instead of training."""
-    from emulators.processes import stop, stop_workers
     from emulators.wiring import wire
 
     stack = private_stack(profile)
@@ -54,6 +72,4 @@ def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
         started.append(stack.start_function("trigger-training", extra_env=launcher))
         yield stack, cfg
     finally:
-        stop_workers(stack.state_dir)  # shard workers first, while Firestore still records their end
-        for proc in reversed(started):
-            stop(proc)
+        stop_stack(stack, started)

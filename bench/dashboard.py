@@ -19,8 +19,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import bench_settings, private_stack
-from emulators.processes import stop
+from bench.common import bench_settings, private_stack, stop_stack
 from shared.logs import configure
 
 TARGET_MS = 300
@@ -147,8 +146,7 @@ def main() -> None:
         console.print(table)
         console.print("load average during the run (2 cores shared): " + " / ".join(f"{v:.1f}" for v in os.getloadavg()))
     finally:
-        for proc in reversed(started):
-            stop(proc)
+        stop_stack(stack, started)
 
 
 if __name__ == "__main__":

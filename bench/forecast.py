@@ -23,8 +23,8 @@ from rich.table import Table
 
 from shared.logs import configure
 
-from emulators.processes import free_port, http_ok, spawn, stop, wait_healthy
-from bench.common import bench_settings, private_stack
+from emulators.processes import free_port, http_ok, spawn, wait_healthy
+from bench.common import bench_settings, private_stack, stop_stack
 from emulators.stack import BIN
 
 
@@ -128,8 +128,7 @@ def main() -> None:
         console.print(f"cold start: imports {import_s:.2f} s; process start to healthy {health_s:.2f} s; "
                       f"to first forecast {first_forecast_s:.2f} s")
     finally:
-        for proc in reversed(started):
-            stop(proc)
+        stop_stack(stack, started)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from datetime import date
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import bench_settings, private_stack
-from emulators.processes import stop
+from bench.common import bench_settings, private_stack, stop_stack
 
 
 def main() -> None:
@@ -59,8 +58,7 @@ def main() -> None:
             console.print(f"{size} versions: {seconds:.1f} s", highlight=False)
         console.print(table)
     finally:
-        for proc in procs:
-            stop(proc)
+        stop_stack(stack, procs)
 
 
 if __name__ == "__main__":

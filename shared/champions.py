@@ -84,8 +84,12 @@ def lineages(cfg: Settings, store, versions: dict[str, str], deadline: float | N
     def work(isbn: str) -> dict | None:
         if deadline is not None and time.monotonic() > deadline:
             return None
-        worked = lineage(cfg, store, isbn, versions[isbn])
-        store.col(CHAMPIONS).document(isbn).update({LINEAGE: worked})  # "of" guards a newer entry
+        try:
+            worked = lineage(cfg, store, isbn, versions[isbn])
+            store.col(CHAMPIONS).document(isbn).update({LINEAGE: worked})  # "of" guards a newer entry
+        except (GoogleAPIError, model_store.RegistryUnavailable, requests.RequestException) as error:
+            log.warning("lineage of %s v%s not worked out: %s", isbn, versions[isbn], error, extra={"isbn": isbn})
+            return None  # unknown: a later call tries again
         return worked
 
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import requests
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import AlreadyExists, GoogleAPIError
 
 from shared import alerting, leases, model_store
 from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
@@ -240,7 +240,11 @@ def latest_degradation(store: RunStore, isbns: list[str], deadline: float) -> di
         if time.monotonic() > deadline:
             return None
         query = store.col("decisions").where(filter=firestore.FieldFilter("isbn", "==", isbn))
-        measured = [d for d in (s.to_dict() for s in query.stream()) if (d.get("inputs") or {}).get("degradation")]
+        try:
+            measured = [d for d in (s.to_dict() for s in query.stream()) if (d.get("inputs") or {}).get("degradation")]
+        except GoogleAPIError as error:
+            log.warning("degradation of %s not worked out: %s", isbn, error, extra={"isbn": isbn})
+            return None  # unknown this tick
         latest = max(measured, key=lambda d: d["decided_at"], default=None)
         doc = {"version": latest["inputs"].get("champion_version") if latest else None,
                "measured": latest["inputs"]["degradation"] if latest else None,

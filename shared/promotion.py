@@ -166,15 +166,24 @@ def _retire_challenger(cfg: Settings, store: RunStore, isbn: str, why: str, corr
 
 
 def _withdraw_trial(store: RunStore, isbn: str, why: str) -> None:
-    """End the ISBN's running trial (a newer challenger replaces it)."""
+    """End the ISBN's running trial (a newer challenger replaces it), even one being settled
+    right now: what settles it ends only its own trial (_end_trial) and its own alias."""
     trial = store.get(CHALLENGES, isbn)
-    if trial and trial["status"] == ON_TRIAL:
+    if trial and trial["status"] in (ON_TRIAL, SETTLING):
         _end_trial(store, trial, RETIRED, why)
         _close_approval(store, isbn, trial["version"], WITHDRAWN, why)
 
 
 def _end_trial(store: RunStore, trial: dict, status: str, why: str) -> None:
-    store.col(CHALLENGES).document(trial["isbn"]).update({"status": status, "ended_at": now(), "outcome": why})
+    """End ``trial``, unless a newer trial of the ISBN replaced it meanwhile."""
+    ref = store.col(CHALLENGES).document(trial["isbn"])
+
+    def end(transaction) -> None:
+        current = ref.get(transaction=transaction).to_dict()
+        if current and current["version"] == trial["version"]:
+            transaction.update(ref, {"status": status, "ended_at": now(), "outcome": why})
+
+    store.in_transaction(end)
 
 
 # --- shadow scoring, from trigger_training on every upload --------------------------------------
@@ -270,7 +279,7 @@ def settle(cfg: Settings, store: RunStore, trial: dict, correlation_id: str) -> 
         return "settled by another delivery"
     if not won:
         registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, f"v{version} lost the shadow scoring: {evidence}",
-                              SHADOW_ACTOR, correlation_id)
+                              SHADOW_ACTOR, correlation_id, only_from=version)
         _end_trial(store, trial, RETIRED, f"lost: {evidence}")
         _close_approval(store, isbn, version, WITHDRAWN, f"the challenger lost: {evidence}")
         return f"retired: {evidence}"
@@ -287,7 +296,8 @@ def _promote_challenger(cfg: Settings, store: RunStore, trial: dict, reason: str
     registry.move_alias(cfg, store, isbn, version, PROMOTE, reason, actor, correlation_id)
     served = getattr(registry.version_by_alias(cfg, isbn), "version", None) == version
     registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE,
-                          "promoted to champion" if served else "failed validation as champion", actor, correlation_id)
+                          "promoted to champion" if served else "failed validation as champion", actor, correlation_id,
+                          only_from=version)
     _end_trial(store, trial, PROMOTED if served else RETIRED, reason if served else "failed validation as champion")
     return served
 
@@ -359,7 +369,16 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
         raise ApprovalError(f"{isbn} v{version} is {approval['status']} already "
                             f"(by {approval.get('decided_by')}: {approval.get('decision_reason')})")
     correlation_id = correlation_id or f"approval-{uuid.uuid4().hex[:12]}"
-    trial = claim_trial(store, isbn, version, actor)  # None: no trial, or shadow scoring settled it
+    trial = claim_trial(store, isbn, version, actor)
+    if trial is None and (settled := store.get(CHALLENGES, isbn)) and settled["version"] == version:
+        # Shadow scoring is settling this trial, or ended it: that decides, not this call.
+        if settled["status"] == SETTLING:
+            ref.update({"status": PENDING})
+            raise ApprovalError(f"{isbn} v{version}'s trial is being settled by {settled.get('settling_by')} right "
+                                "now; nothing was changed")
+        ref.update({"status": WITHDRAWN, "decided_at": now(), "decided_by": SHADOW_ACTOR,
+                    "decision_reason": f"its trial ended: {settled.get('outcome', settled['status'])}"})
+        raise ApprovalError(f"{isbn} v{version}'s trial ended ({settled['status']}): the approval is withdrawn")
     if approve:
         if trial:
             served = _promote_challenger(cfg, store, trial, f"approved by {actor}: {reason}", actor, correlation_id)

@@ -184,11 +184,12 @@ def move_alias(cfg: Settings, store, isbn: str, to_version: str, action: str, re
 
 
 def remove_alias(cfg: Settings, store, isbn: str, alias: str, action: str, reason: str, actor: str,
-                 correlation_id: str) -> str | None:
-    """Take ``alias`` off the ISBN's model; record and announce it like a move (to no
-    version). Returns the version it pointed at; idempotent."""
+                 correlation_id: str, only_from: str | None = None) -> str | None:
+    """Take ``alias`` off the ISBN's model (only if it points at ``only_from``, if given: a
+    newer version may hold it by now); record and announce it like a move (to no version).
+    Returns the version it pointed at; idempotent."""
     current = version_by_alias(cfg, isbn, alias)
-    if current is None:
+    if current is None or (only_from is not None and current.version != str(only_from)):
         return None
     name = cfg.model_name(isbn)
     client(cfg).delete_registered_model_alias(name, alias)

@@ -151,6 +151,27 @@ def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, prob
     assert served_version(cfg, isbn) == challenger and store.get(CHALLENGES, isbn)["status"] == promotion.PROMOTED
 
 
+def test_an_approval_never_overrides_the_settling_of_its_trial(cfg, probe):
+    store = RunStore(cfg)
+    frame = sample(1, years=2, seed=63)
+    isbn = frame["isbn"].iloc[0]
+    champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
+    challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.3)
+    store.col(CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
+                                              "status": promotion.ON_TRIAL, "require_approval": True})
+    promotion.request_approval(cfg, store, isbn, challenger, champion, ["family changed"], "on trial", "cid-a")
+    assert promotion.claim_trial(store, isbn, challenger, promotion.SHADOW_ACTOR)  # scoring found it lost
+    with pytest.raises(promotion.ApprovalError, match="being settled by shadow-scoring"):
+        promotion.decide_approval(cfg, isbn, challenger, True, "looks fine", "lead@bookcast.local", store=store)
+    assert served_version(cfg, isbn) == champion
+    assert store.get(APPROVALS, promotion.approval_id(isbn, challenger))["status"] == promotion.PENDING
+    store.col(CHALLENGES).document(isbn).update({"status": promotion.RETIRED, "outcome": "lost: MAE 3 vs 1"})
+    with pytest.raises(promotion.ApprovalError, match="approval is withdrawn"):
+        promotion.decide_approval(cfg, isbn, challenger, True, "looks fine", "lead@bookcast.local", store=store)
+    assert served_version(cfg, isbn) == champion
+    assert store.get(APPROVALS, promotion.approval_id(isbn, challenger))["status"] == promotion.WITHDRAWN
+
+
 def test_canary_serving_is_deterministic_per_caller_and_labelled(cloud, cfg, probe):
     store = RunStore(cfg)
     frame = sample(2, years=2, seed=67)
