@@ -164,10 +164,9 @@ def seed_served(cfg, store, frame, threads: int = 8) -> None:
 
 
 def catalogue(console: Console, isbns: int) -> dict:
-    from shared import export, monitoring
-    from shared.events import PubSubMessage
+    from shared import export
     from shared.gcs import storage_client
-    from shared.runstore import RunStore, now
+    from shared.runstore import DEGRADATION, RunStore
     from shared.sample_data import generate
 
     # The development profile's shard size: the run is planned into replicas as production plans it.
@@ -189,16 +188,31 @@ def catalogue(console: Console, isbns: int) -> dict:
         t1 = time.monotonic()
         seed_served(cfg, store, frame)
         console.print(f"  {isbns} ISBNs registered and indexed in {time.monotonic() - t1:.0f} s (seeding, not measured)")
-        t2 = time.monotonic()
-        monitoring.on_tick(cfg, store, PubSubMessage(message_id="bench-tick", publish_time=now(), topic="monitor-ticks",
-                                                     attributes={"event_type": "schedule.tick"},
-                                                     data=b'{"job": "monitor"}'))
-        tick = time.monotonic() - t2
+        # No decision measured the seeded ISBNs: the first ticks also work out each one's measure
+        # once (as after an upgrade), within their share of the timeout; then a tick only reads.
+        ticks, recorded = [], 0
+        while recorded < isbns and len(ticks) < 10:
+            ticks.append(monitor_tick(cfg, store, len(ticks)))
+            recorded = sum(1 for _ in store.col(DEGRADATION).select([]).stream())
+        ticks.append(monitor_tick(cfg, store, len(ticks)))
+        console.print(f"  monitor ticks: {', '.join(f'{t:.1f} s' for t in ticks)}")
         t3 = time.monotonic()
         exported = export.export(cfg, store)
         exporting = time.monotonic() - t3
-        return {"isbns": isbns, "decided_s": decided, "replicas": run.get("shards"), "monitor_tick_s": tick,
+        return {"isbns": isbns, "decided_s": decided, "replicas": run.get("shards"), "monitor_tick_s": ticks[-1], "first_monitor_tick_s": max(ticks[:-1]),
+                "backfill_ticks": len(ticks) - 1,
                 "export_s": exporting, "exported": exported.isbns}
+
+
+def monitor_tick(cfg, store, n: int) -> float:
+    from shared import monitoring
+    from shared.events import PubSubMessage
+    from shared.runstore import now
+
+    started = time.monotonic()
+    monitoring.on_tick(cfg, store, PubSubMessage(message_id=f"bench-tick-{n}", publish_time=now(), topic="monitor-ticks",
+                                                 attributes={"event_type": "schedule.tick"}, data=b'{"job": "monitor"}'))
+    return time.monotonic() - started
 
 
 def projection(cfg, cpu_s_per_isbn: float, isbns: int = 100_000) -> dict:
@@ -249,8 +263,11 @@ def main() -> None:
         table.add_row(f"{big['isbns']} ISBNs: decisions", f"{big['decided_s']:.1f} s",
                       f"< 60 s {verdict(big['decided_s'] < TARGETS['decisions_10k_s'])}")
         timeout = load_topology().function("monitor").timeout_seconds  # a tick must end inside one delivery
-        table.add_row(f"{big['isbns']} ISBNs: monitor tick", f"{big['monitor_tick_s']:.1f} s",
-                      f"< {timeout} s (monitor timeout) {verdict(big['monitor_tick_s'] < timeout)}")
+        table.add_row(f"{big['isbns']} ISBNs: monitor tick", f"{big['monitor_tick_s']:.1f} s (the first "
+                      f"{big['backfill_ticks']}, working out each ISBN's measure once: at most "
+                      f"{big['first_monitor_tick_s']:.1f} s)",
+                      f"< {timeout} s (monitor timeout) "
+                      f"{verdict(max(big['monitor_tick_s'], big['first_monitor_tick_s']) < timeout)}")
         table.add_row(f"{big['isbns']} ISBNs: export", f"{big['export_s']:.1f} s", "")
     if cpu:
         p = projection(production, cpu)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -226,39 +225,52 @@ BACKFILL_SECONDS = 40.0
 
 def latest_degradation(store: RunStore, isbns: list[str], deadline: float) -> dict[str, dict]:
     """Each ISBN's latest degradation measure (degradation/{isbn}, kept by every decision
-    that measures one). An ISBN with none recorded, decided before measures were kept, has
-    its decisions searched once and the result kept, on 8 threads until ``deadline``; ISBNs
-    left out then are unknown this tick."""
+    that measures one). ISBNs with none recorded (decided before measures were kept, or
+    never measured) have theirs worked out once, from one query over the decisions that
+    measured something, and kept; if that misses ``deadline``, they are unknown this tick."""
     from google.cloud import firestore
 
     from shared.runstore import DEGRADATION
 
     measures = store.read_batched(DEGRADATION, isbns)
-    missing = [isbn for isbn in isbns if isbn not in measures]
+    missing = set(isbns) - set(measures)
+    if not missing or time.monotonic() > deadline:
+        return measures
+    try:
+        query = (store.col("decisions").where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">=", 0))
+                 .select(["isbn", "decision_id", "decided_at", "inputs.champion_version", "inputs.degradation"]))
+        latest: dict[str, dict] = {}
+        for decision in (snap.to_dict() for snap in query.stream()):
+            if decision["isbn"] in missing and decision["decided_at"] > latest.get(decision["isbn"], {}).get(
+                    "decided_at", datetime.min.replace(tzinfo=timezone.utc)):
+                latest[decision["isbn"]] = decision
+    except GoogleAPIError as error:
+        log.warning("degradation measures not worked out: %s", error)
+        return measures
+    worked = {isbn: {"version": latest[isbn]["inputs"].get("champion_version"),
+                     "measured": latest[isbn]["inputs"]["degradation"], "decided_at": latest[isbn]["decided_at"],
+                     "decision_id": latest[isbn]["decision_id"]} if isbn in latest else
+              {"version": None, "measured": None, "decided_at": now(), "decision_id": None} for isbn in missing}
+    keep(store, DEGRADATION, worked)
+    return {**measures, **worked}
 
-    def backfill(isbn: str) -> dict | None:
-        if time.monotonic() > deadline:
-            return None
-        query = store.col("decisions").where(filter=firestore.FieldFilter("isbn", "==", isbn))
-        try:
-            measured = [d for d in (s.to_dict() for s in query.stream()) if (d.get("inputs") or {}).get("degradation")]
-        except GoogleAPIError as error:
-            log.warning("degradation of %s not worked out: %s", isbn, error, extra={"isbn": isbn})
-            return None  # unknown this tick
-        latest = max(measured, key=lambda d: d["decided_at"], default=None)
-        doc = {"version": latest["inputs"].get("champion_version") if latest else None,
-               "measured": latest["inputs"]["degradation"] if latest else None,
-               "decided_at": latest["decided_at"] if latest else now(),
-               "decision_id": latest["decision_id"] if latest else None}
-        try:
-            store.col(DEGRADATION).document(isbn).create(doc)
-        except AlreadyExists:  # a decision recorded a newer measure meanwhile
-            return store.get(DEGRADATION, isbn)
-        return doc
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        measures.update((isbn, doc) for isbn, doc in zip(missing, pool.map(backfill, missing)) if doc is not None)
-    return measures
+def keep(store: RunStore, collection: str, docs: dict[str, dict]) -> None:
+    """Create the documents that do not exist yet, 400 a commit; where one came meanwhile
+    (a decision recorded a newer measure), the others of its commit are created one by one."""
+    ids = sorted(docs)
+    for start in range(0, len(ids), 400):
+        chunk, batch = ids[start:start + 400], store.db.batch()
+        for key in chunk:
+            batch.create(store.col(collection).document(key), docs[key])
+        try:
+            batch.commit()
+        except AlreadyExists:
+            for key in chunk:
+                try:
+                    store.col(collection).document(key).create(docs[key])
+                except AlreadyExists:
+                    pass
 
 
 def in_first_training(store: RunStore) -> set[str]:
