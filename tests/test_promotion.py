@@ -130,14 +130,20 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     assert "lost the shadow scoring" in retired["reason"] and store.get(CHALLENGES, loser)["status"] == promotion.RETIRED
 
 
-def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, probe):
-    store = RunStore(cfg)
-    frame = sample(1, years=2, seed=62)
+def on_trial(cfg, store, seed: int, require_approval: bool) -> tuple[str, str, str]:
+    """An ISBN with a champion and a challenger on trial: (isbn, champion, challenger)."""
+    frame = sample(1, years=2, seed=seed)
     isbn = frame["isbn"].iloc[0]
     champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
-    challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.1)
+    challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.2)
     store.col(CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
-                                              "status": promotion.ON_TRIAL, "require_approval": False})
+                                              "status": promotion.ON_TRIAL, "require_approval": require_approval})
+    return isbn, champion, challenger
+
+
+def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, probe):
+    store = RunStore(cfg)
+    isbn, _, challenger = on_trial(cfg, store, seed=62, require_approval=False)
     for week in ("2026-11-09", "2026-11-16"):
         store.col(SHADOW_SCORES).document(f"{isbn}-v{challenger}-{week}").set({
             "isbn": isbn, "version": challenger, "week": week, "challenger_error": 1.0, "champion_error": 3.0})
@@ -153,12 +159,7 @@ def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, prob
 
 def test_an_approval_never_overrides_the_settling_of_its_trial(cfg, probe):
     store = RunStore(cfg)
-    frame = sample(1, years=2, seed=63)
-    isbn = frame["isbn"].iloc[0]
-    champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
-    challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.3)
-    store.col(CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
-                                              "status": promotion.ON_TRIAL, "require_approval": True})
+    isbn, champion, challenger = on_trial(cfg, store, seed=63, require_approval=True)
     promotion.request_approval(cfg, store, isbn, challenger, champion, ["family changed"], "on trial", "cid-a")
     assert promotion.claim_trial(store, isbn, challenger, promotion.SHADOW_ACTOR)  # scoring found it lost
     with pytest.raises(promotion.ApprovalError, match="being settled by shadow-scoring"):
