@@ -97,7 +97,7 @@ class RunStore:
         per_isbn = {name: fields.pop(name) for name in PER_ISBN_FIELDS if name in fields}
         ordered = sorted(isbns)
         parts = part_count(len(ordered))
-        doc = {"run_id": run_id, "status": "queued", "isbns": pack(ordered), "isbn_count": len(ordered),
+        doc = {"run_id": run_id, "status": "queued", "isbns": pack(ordered),
                "cause": cause, "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
                "updated_at": now(), "attempt": 1, "parts": parts, **fields}
         writer = transaction if transaction is not None else self.db.batch()
@@ -126,9 +126,9 @@ class RunStore:
 
     def _add_parts(self, writer, run_id: str, ordered: list[str], per_isbn: dict[str, dict], parts: range) -> None:
         for part in parts:
-            chunk = set(ordered[part * PART_ISBNS:(part + 1) * PART_ISBNS])
+            chunk = ordered[part * PART_ISBNS:(part + 1) * PART_ISBNS]  # each part looks up its own ISBNs only
             writer.set(self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}"),
-                       {"run_id": run_id, **{name: {i: v for i, v in values.items() if i in chunk}
+                       {"run_id": run_id, **{name: {i: values[i] for i in chunk if i in values}
                                              for name, values in per_isbn.items()}})
 
     def update_run(self, run_id: str, **fields: Any) -> None:

@@ -282,8 +282,7 @@ def open_cause(store: RunStore, cause: Cause, isbns: list[str], upload: Upload |
     new_weeks = {i: len(upload.weeks_by_isbn[i]) for i in planned} if upload else {}
     ends = group_ends(planned, {i: stored.get(i, 0) + new_weeks.get(i, 0) for i in planned})
     doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": pack(planned),
-           "isbn_count": len(planned), "group_ends": ends,
-           "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
+           "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
     try:  # a create is atomic on its own: no transaction for concurrent deliveries to collide in
         store.col("causes").document(cause.key).create(doc)
         return unpack_isbns(doc)
