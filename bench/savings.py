@@ -61,21 +61,22 @@ def _train(isbn, start, y, training, gates, champion_spec, now):
     from shared.forecasting.models import FittedModel
     from shared.registry import Tags
     from shared.sales import series_hash
-    from shared.training.per_isbn import gate, serving_forecast, train_isbn
+    from shared.training.per_isbn import CHAMPION, gate, serving_forecast, train_isbn
 
     weeks = [start + timedelta(weeks=i) for i in range(len(y))]
     candidate = train_isbn(isbn, weeks, list(y), training, champion_spec)
     if candidate.status != "trained":  # as the pipeline: nothing new to serve
         return None, False
-    passed = gate(candidate, gates).passed
-    # As the pipeline: the candidate if it passed, else the champion's structure re-estimated,
-    # else (no champion yet) the seasonal-naive baseline.
+    verdict = gate(candidate, gates)
+    passed = verdict.passed
+    # As the pipeline: the candidate if it passed, else the fallback that did best on the
+    # backtests (the champion's structure re-estimated, or a registered fallback).
     if passed:
         model, metrics = candidate.model, candidate.metrics
-    elif candidate.champion_refit:
+    elif verdict.fallback == CHAMPION:
         model, metrics = candidate.champion_refit, candidate.champion_metrics
     else:
-        model, metrics = candidate.baseline_model, candidate.baseline_metrics
+        model, metrics = candidate.fallbacks[verdict.fallback]["model"], candidate.fallbacks[verdict.fallback]["metrics"]
     tags = {Tags.DATA_HASH: series_hash(_week_dict(start, y)), "metric.mae": str(metrics["mae"]),
             "spec": FittedModel.from_dict(model).spec.to_dict(), Tags.FITTED_AT: now.isoformat()}
     return Served(model, serving_forecast(model), tags, now), passed

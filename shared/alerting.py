@@ -298,7 +298,7 @@ def report(cfg: Settings, store: RunStore, found: list[Alert], checked: set[str]
 
 def digest(alerts: list[Alert], cleared: list[dict]) -> Notice:
     """One message for a tick: per condition, how many ISBNs and the first few with their
-    detail ("45 ISBNs served by the seasonal-naive baseline: ... and 40 more"); then what
+    detail ("45 ISBNs served by a fallback, not a tuned candidate: ... and 40 more"); then what
     cleared, the same way. Only conditions about ISBNs are digested: the conditions of the
     whole system are critical, sent on their own."""
     lines: list[str] = []

@@ -36,6 +36,8 @@ class GateSettings(BaseModel):
     max_relative_mae: float = Field(1.0, gt=0, description="model MAE / seasonal-naive MAE on the holdout must be below")
     max_wape: float = Field(1.0, gt=0, description="sum of absolute errors / units sold in the holdout")
     champion_margin: float = Field(0.05, description="allowed MAE worsening against the champion refitted on the same weeks")
+    evidence: float = Field(0.9, gt=0.5, lt=1, description="how sure the backtests must be that a candidate is worse "
+                                                           "(than naive or the champion) to refuse it")
     max_rmse: float | None = Field(None, gt=0, description="optional absolute limit, off by default")
     max_mape: float | None = Field(None, gt=0, description="optional; never applied to a holdout with zero weeks")
 

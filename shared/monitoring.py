@@ -4,7 +4,7 @@ On failure events it alerts at once: a failed or fully quarantined training run,
 rejected upload, a message that went to the dead-letter topic, a rollback. On each
 scheduled tick it fails and retries runs whose training job died (expired lease), and
 checks conditions: health (MLflow, the forecast function) and every ISBN with data (no
-served model, a stale model, the seasonal-naive baseline, holdout metrics against the gates,
+served model, a stale model, a fallback serving (seasonal naive or the plain combination), holdout metrics against the gates,
 a new champion worse than the one it replaced, degradation on newly arrived weeks); it also
 re-raises the failed runs of the last day in case their event was lost. Critical alerts go
 out one by one, the rest as one digest with the conditions that cleared (shared/alerting.py),
@@ -39,11 +39,11 @@ MAX_FAILED_RUNS_LISTED = 5
 
 MLFLOW_DOWN = Condition("health:mlflow", CRITICAL, "", "MLflow is reachable again")
 FORECAST_DOWN = Condition("health:forecast", CRITICAL, "", "the forecast function answers its health check again")
-# Headings follow a count of ISBNs in a digest: "45 ISBNs served by the seasonal-naive baseline".
+# Headings follow a count of ISBNs in a digest: "45 ISBNs served by a fallback, not a tuned candidate".
 UNSERVED = Condition("unserved", WARNING, "with data but no served model", "served now")
 STALE = Condition("stale", WARNING, "served by a model older than the age limit",
                   "served by a model within the age limit")
-BASELINE = Condition("baseline", INFO, "served by the seasonal-naive baseline", "no longer served by the baseline")
+BASELINE = Condition("baseline", INFO, "served by a fallback, not a tuned candidate", "no longer served by a fallback")
 THRESHOLDS = Condition("thresholds", WARNING, "served above the metric thresholds",
                        "within the metric thresholds again")
 WORSENED = Condition("worsened", WARNING, "served by a new champion worse than the one it replaced",
@@ -207,8 +207,9 @@ def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_t
         return found
     found.check(UNSERVED, isbn, None)
     found.check(STALE, isbn, staleness(cfg, target))
-    found.check(BASELINE, isbn, (f"{isbn} is served by the seasonal-naive baseline",
-                                 f"v{target.version}: no tuned model has passed the quality gates yet")
+    found.check(BASELINE, isbn, (f"{isbn} is served by a fallback",
+                                 f"v{target.version} ({target.tags.get('family', 'seasonal_naive')}): no tuned candidate "
+                                 "has passed the quality gates yet")
                 if is_baseline(target) else None)
     found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))
     if lineage is not None:
@@ -346,7 +347,7 @@ def daily_summary(store: RunStore, at: datetime, fleet: Fleet | None) -> Alert:
     tally = alerting.counts(store, since, at)
     lines = [
         (f"Fleet: {alerting.counted(fleet.with_data, 'ISBN')} with data, {fleet.served} served ({fleet.baseline} "
-         f"by the seasonal-naive baseline), {fleet.unserved} unserved ({fleet.first_training} in their first "
+         f"by a fallback), {fleet.unserved} unserved ({fleet.first_training} in their first "
          "training)") if fleet
         else "Fleet: unknown (MLflow is unreachable)",
         f"Runs in the last 24 h: {len(runs)}" + (f" ({', '.join(f'{n} {s}' for s, n in sorted(statuses.items()))})"

@@ -8,6 +8,7 @@ import pytest
 
 from shared.config import GateSettings, load_settings
 from shared.forecasting import models
+from shared.forecasting.backtest import Backtest, evidence_worse
 from shared.forecasting.metrics import accuracy
 from shared.forecasting.models import FittedModel, ModelSpec
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
@@ -82,10 +83,30 @@ def test_all_zero_series_is_refused():
     assert train_isbn("9780306406157", *weekly(frame), TRAINING).status == "refused"
 
 
-def _candidate(champion: dict | None = None, **metrics):
+WINDOWS = [13, 13, 13, 26]  # a typical backtest: three folds and the holdout
+
+
+def _backtest(label: str, errors, level: float = 1000.0) -> dict:
+    """A backtest whose absolute errors are ``errors`` (one per week of WINDOWS)."""
+    errors = np.broadcast_to(np.asarray(errors, float), (sum(WINDOWS),))
+    actual = np.full(len(errors), level)
+    return Backtest(label, actual.tolist(), (actual - errors).tolist(), [0.0] * len(errors), list(WINDOWS)).to_dict()
+
+
+def _noisy(scale: float, seed: int) -> np.ndarray:
+    return np.abs(np.random.default_rng(seed).normal(0, scale, sum(WINDOWS)))
+
+
+def _candidate(ours=None, naive=None, combination=None, champion=None, level: float = 1000.0, **metrics):
     base = {"rmse": 1500.0, "mae": 1000.0, "mape": 0.1, "wape": 0.2, "mase": 0.5, "naive_mase": 1.0,
             "relative_mae": 0.5, "zero_weeks_in_holdout": 0}
-    return Candidate(isbn="x", status="trained", metrics={**base, **metrics}, champion_metrics=champion or {})
+    backtests = {"candidate": _backtest("candidate", _noisy(0.05 * level, 1) if ours is None else ours, level),
+                 "seasonal_naive": _backtest("seasonal naive", _noisy(0.1 * level, 2) if naive is None else naive, level),
+                 "combination": _backtest("combination", _noisy(0.08 * level, 3) if combination is None else combination,
+                                          level)}
+    if champion is not None:
+        backtests["champion"] = _backtest("champion", champion, level)
+    return Candidate(isbn="x", status="trained", metrics={**base, **metrics}, backtests=backtests)
 
 
 def test_default_gates_are_scale_free():
@@ -94,16 +115,45 @@ def test_default_gates_are_scale_free():
     gates = GateSettings()
     assert gates.max_rmse is None and gates.max_mape is None
     assert gate(_candidate(), gates).passed
-    assert gate(_candidate(rmse=15.0, mae=10.0), gates).passed
+    assert gate(_candidate(level=10.0, rmse=15.0, mae=10.0), gates).passed
+
+
+def test_a_candidate_that_loses_one_half_year_but_wins_the_backtests_serves():
+    """The holdout alone said 'worse than naive'; three folds said clearly better. Refusing
+    it was what threw the better model away."""
+    ours = np.concatenate([np.full(39, 20.0), np.full(26, 110.0)])
+    verdict = gate(_candidate(ours=ours, naive=np.full(65, 100.0), relative_mae=1.1), GateSettings())
+    assert verdict.passed, verdict.reasons
+    assert verdict.evidence["backtest_relative_mae"] == pytest.approx((39 * 20 + 26 * 110) / 65 / 100)
+
+
+def test_a_candidate_only_slightly_behind_naive_is_not_refused_on_thin_evidence():
+    naive, ours = _noisy(100, 5), _noisy(100, 6)
+    ours *= 1.05 * naive.mean() / ours.mean()  # 5% worse over 65 weeks of noisy errors
+    verdict = gate(_candidate(ours=ours, naive=naive), GateSettings())
+    assert verdict.passed and 0.5 < verdict.evidence["worse_than_naive"] < GateSettings().evidence
+    assert verdict.evidence["backtest_relative_mae"] == pytest.approx(1.05)
+
+
+def test_a_candidate_clearly_worse_than_naive_is_refused_and_the_best_fallback_serves():
+    verdict = gate(_candidate(ours=_noisy(200, 1) + 100, naive=_noisy(100, 2), combination=_noisy(80, 3)),
+                   GateSettings())
+    assert not verdict.passed and verdict.evidence["worse_than_naive"] > 0.99
+    assert verdict.reasons[0].startswith("worse than seasonal naive on the backtests: over 65 unseen weeks in 4 windows")
+    # The plain combination did better than naive on the same weeks: naive serves only where it wins.
+    assert verdict.fallback == "combination"
+    assert verdict.fallback_reason.startswith("combination has the lowest mean absolute error of the fallbacks on 65")
+    assert gate(_candidate(ours=_noisy(200, 1) + 100, naive=_noisy(50, 2), combination=_noisy(80, 3)),
+                GateSettings()).fallback == "seasonal_naive"
 
 
 def test_each_failed_gate_is_one_plain_reason():
-    gates = GateSettings(max_wape=0.5, max_rmse=80, max_mape=0.3)
-    verdict = gate(_candidate(relative_mae=1.2, wape=0.7, mape=0.45), gates)
+    gates = GateSettings(max_wape=0.05, max_rmse=80, max_mape=0.3)
+    verdict = gate(_candidate(ours=_noisy(200, 1) + 100, naive=_noisy(100, 2), mape=0.45), gates)
     assert not verdict.passed
     assert len(verdict.reasons) == 4
-    assert verdict.reasons[0].startswith("does not beat seasonal naive on the holdout: its mean absolute error is 1.20×")
-    assert "70% of the units sold" in verdict.reasons[1]
+    assert verdict.reasons[0].startswith("worse than seasonal naive on the backtests")
+    assert "of the units sold in the backtest weeks (limit 5%)" in verdict.reasons[1]
     assert verdict.reasons[2].startswith("RMSE 1500.0 is not below the configured absolute limit 80")
     assert verdict.reasons[3].startswith("MAPE 45%")
 
@@ -114,12 +164,29 @@ def test_mape_gate_is_never_applied_to_a_holdout_with_zero_weeks():
     assert not gate(_candidate(mape=0.9), gates).passed
 
 
-def test_gate_rejects_a_model_worse_than_the_champion_beyond_the_margin():
+def test_gate_rejects_a_model_clearly_worse_than_the_champion_beyond_the_margin():
     gates = GateSettings(champion_margin=0.05)
-    assert gate(_candidate(mae=1040.0, champion={"mae": 1000.0}), gates).passed
-    reasons = gate(_candidate(mae=1060.0, champion={"mae": 1000.0}), gates).reasons
-    assert reasons == ["worse than the current champion refitted on the same weeks: mean absolute error "
-                       "1060.0 vs 1000.0 (+6%, at most +5% allowed)"]
+    champion = np.full(65, 50.0)
+    assert gate(_candidate(ours=champion * 1.03, champion=champion), gates).passed
+    verdict = gate(_candidate(ours=_noisy(10, 1) + 75, champion=champion), gates)
+    assert len(verdict.reasons) == 1, verdict.reasons
+    assert verdict.reasons[0].startswith("worse than the current champion refitted on the same weeks: mean absolute "
+                                         "error ")
+    assert "over 65 unseen weeks" in verdict.reasons[0] and "beyond the +5% allowed" in verdict.reasons[0]
+    assert verdict.fallback == "champion"  # the champion did best of the fallbacks, so it serves on
+
+
+def test_evidence_counts_correlated_weeks_as_less_than_independent_ones():
+    """Errors of one window share a forecast origin: a run of bad weeks is one event, not 13."""
+    noise = np.random.default_rng(9).normal(0, 10, 65)
+    independent = noise - noise.mean() + 4
+    persistent = np.repeat([-12.0, 8.0, -4.0, 14.0, -6.0], 13) + 4  # same mean, same spread, in blocks
+    other = Backtest.from_dict(_backtest("other", np.full(65, 50.0)))
+    sure = {name: evidence_worse(Backtest.from_dict(_backtest(name, 50 + shift)), other)
+            for name, shift in (("independent", independent), ("persistent", persistent))}
+    assert sure["independent"] > 0.99 and 0.5 < sure["persistent"] < 0.97
+    level = Backtest.from_dict(_backtest("level", np.full(65, 50.0)))
+    assert evidence_worse(level, other) == 0.5
 
 
 def _weeks(n: int, start: date = date(2023, 1, 2)) -> list[date]:
@@ -157,7 +224,8 @@ def test_a_candidate_that_loses_to_naive_is_quarantined_with_a_readable_reason()
     candidate = train_isbn("9780306406157", _weeks(len(units)), list(units), TRAINING)
     verdict = gate(candidate, GateSettings())
     assert not verdict.passed
-    assert verdict.reasons[0].startswith("does not beat seasonal naive on the holdout")
+    assert verdict.reasons[0].startswith("worse than seasonal naive on the backtests")
+    assert verdict.fallback == "seasonal_naive"  # it wins here, so it serves
 
 
 def test_calibration_widens_overconfident_intervals_and_narrows_timid_ones():

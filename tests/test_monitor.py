@@ -134,7 +134,7 @@ def test_tick_checks_models_and_health_and_resolves_what_cleared(alerting_cfg, i
                                    "unserved:9780306406157"}
     (digest,) = inbox.slack  # five warnings, one message
     assert "does not beat seasonal naive" in digest["text"] and "1.25×" in digest["text"]
-    assert f"1 ISBN served by the seasonal-naive baseline:\n• {isbn}: v{version}" in digest["text"]
+    assert f"1 ISBN served by a fallback, not a tuned candidate:\n• {isbn}: v{version}" in digest["text"]
     assert f"v{breaching}" in digest["text"]
     assert on_message(strict, tick("t2"))["sent"] == [] and len(inbox.slack) == 1
 
@@ -160,7 +160,7 @@ def test_a_tick_over_50_baseline_isbns_sends_one_digest_and_resolves_when_one_cl
     assert sorted(first["sent"]) == sorted(f"baseline:{i}" for i in isbns)
     assert len(inbox.slack) == len(inbox.mail) == 1  # one digest per channel, not 50 messages
     text = inbox.slack[0]["text"]
-    assert "50 ISBNs served by the seasonal-naive baseline:" in text and "… and 45 more" in text
+    assert "50 ISBNs served by a fallback, not a tuned candidate:" in text and "… and 45 more" in text
     assert sum(i in text for i in isbns) == 5
     assert "Subject: [bookcast info] Monitor digest: 50 new alerts" in inbox.mail[0]
     assert on_message(alerting_cfg, tick("t2"))["sent"] == [] and len(inbox.slack) == 1  # deduplicated per ISBN
@@ -227,7 +227,7 @@ def test_daily_summary_is_sent_once_a_day_however_often_the_tick_arrives(alertin
     assert f"daily-summary:{at:%Y-%m-%d}" in on_message(cfg, tick("t1", at))["sent"]
     (summary,) = summaries()
     assert f"Daily summary {at:%Y-%m-%d}" in summary
-    assert "Fleet: 1 ISBN with data, 0 served (0 by the seasonal-naive baseline), 1 unserved" in summary
+    assert "Fleet: 1 ISBN with data, 0 served (0 by a fallback), 1 unserved" in summary
     assert "Runs in the last 24 h: 2 (1 failed, 1 succeeded)" in summary and "• run-bad: worker died" in summary
     # Before it: the failed run's alert and the digest with the unserved ISBN, two messages.
     assert "Alerts: 2 sent in 2 message(s), 0 suppressed as repeats" in summary

@@ -81,7 +81,10 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
     quarantined = client.get_model_version(cfg.model_name(isbn), str(int(baseline.version) - 1))
     assert quarantined.tags["quarantined"] == "true" and "RMSE" in quarantined.tags["quarantine_reason"]
 
-    lenient = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"max_rmse": 1e9, "max_mape": 1e9})})
+    # The fallback that serves may be the plain combination, which can beat a test-profile
+    # candidate: the champion comparison is opened wide here, and closed again below.
+    lenient = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"max_rmse": 1e9, "max_mape": 1e9,
+                                                                            "champion_margin": 10.0})})
     _, second = run_training(lenient, [source])
     assert second["results"][0]["status"] == "promoted"
     champion = registry.version_by_alias(cfg, isbn)
@@ -92,10 +95,18 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
     # Demanding a 50% improvement over the champion: the candidate must not replace it.
     guarded = lenient.model_copy(update={"gates": lenient.gates.model_copy(update={"champion_margin": -0.5})})
     _, third = run_training(guarded, [source])
-    assert third["results"][0]["status"] == "quarantined"
-    assert "champion" in third["results"][0]["reason"]
-    assert registry.version_by_alias(cfg, isbn).version == champion.version
-    assert [m["action"] for m in RunStore(cfg).alias_history(isbn)] == ["baseline", "promote"]
+    refused = third["results"][0]
+    assert "worse than the current champion refitted on the same weeks" in refused["reason"]
+    served = registry.version_by_alias(cfg, isbn)
+    assert served.tags["kind"] != "candidate" or served.version == champion.version  # the refused one never serves
+    moves = [m["action"] for m in RunStore(cfg).alias_history(isbn)]
+    if refused["status"] == "quarantined":  # the champion did best of the fallbacks on the backtests
+        assert served.version == champion.version and moves == ["baseline", "promote"]
+        assert "the champion v" in refused["reason"] and "serves on" in refused["reason"]
+    else:  # a fallback did better than the champion's structure on the same weeks: it replaces it
+        assert refused["status"] == "baseline" and served.tags["baseline"] == "true"
+        assert "lowest mean absolute error of the fallbacks" in refused["reason"]
+        assert moves == ["baseline", "promote", "baseline"]
 
 
 def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg, tmp_path):

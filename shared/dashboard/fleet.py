@@ -30,7 +30,7 @@ STATE_MEANING = {
               "the threshold",
     QUARANTINED: "its latest candidate failed the quality gates (an older version still serves)",
     STALE: "parameters older than the age limit",
-    BASELINE: "served by the seasonal-naive baseline",
+    BASELINE: "served by a fallback, not a tuned candidate",
     HEALTHY: "served by a tuned model, none of the above",
 }
 # The served version's tags the rows show or judge by (the index holds them all).

@@ -4,13 +4,15 @@ own standard errors, and turn that into a multiplier per interval level.
 A model's standard errors assume its own form is right; on real sales they are often too
 narrow (promotions, stock-outs) or too wide (the seasonal-naive baseline). Split-conformal
 scaling corrects both: on rolling-origin folds and the holdout, |actual - forecast| / se is a
-nonconformity score, and its ``level`` quantile (with the (n + 1) finite-sample correction)
-is the half-width that covers ``level`` of unseen weeks. The ratio to the normal quantile is
+nonconformity score, and its ``level`` quantile is the half-width that covers ``level`` of
+unseen weeks. The plain (interpolated) empirical quantile, not split-conformal's (n + 1)
+finite-sample correction: on 40-65 backtest weeks the correction pushed the 95% band to the
+largest score seen, and on real sales it covered 0.98 of unseen weeks; without it, 0.95
+(bench/README.md, design series only). The ratio to the normal quantile is
 stored with the model and applied by every forecast, serving included.
 """
 from __future__ import annotations
 
-import math
 from statistics import NormalDist
 
 import numpy as np
@@ -42,10 +44,9 @@ def interval_scale(nonconformity: np.ndarray) -> list[list[float]]:
         return []
     pairs, widest = [], 0.0
     for level in LEVELS:
-        rank = min(n, math.ceil((n + 1) * level))
         z = NormalDist().inv_cdf(0.5 + level / 2)
         # Wider levels never get narrower bands than narrower levels.
-        widest = max(widest, float(np.clip(values[rank - 1], RATIO_LIMITS[0] * z, RATIO_LIMITS[1] * z)))
+        widest = max(widest, float(np.clip(np.quantile(values, level), RATIO_LIMITS[0] * z, RATIO_LIMITS[1] * z)))
         pairs.append([level, round(widest / z, 4)])
     return pairs
 

@@ -1,36 +1,85 @@
-"""Quality gates: the rules a candidate must pass on its holdout before it may serve.
+"""Quality gates: the rules a candidate must pass before it may serve, and what serves when
+it does not.
 
-The defaults are scale-free, so they mean the same for a title selling 5 copies a week and
-one selling 50,000: beat seasonal naive (MAE ratio), keep the error small against the
-title's own sales (WAPE), and never be meaningfully worse than the current champion refitted
-on the same weeks. Absolute limits (RMSE, MAPE) exist for those who want them, off by
-default; MAPE is never applied to a holdout with zero weeks, where it is undefined.
+A candidate is judged on its rolling-origin backtests (shared/forecasting/backtest.py): the
+search's folds and the holdout, 40-65 unseen weeks. It is refused for being worse than
+seasonal naive or than the current champion only when the evidence is clear (the
+confidence that it is worse reaches ``GateSettings.evidence``), not because it lost one
+half-year. The defaults are scale-free, so they mean the same for a title selling 5 copies
+a week and one selling 50,000: beat seasonal naive (MAE ratio), keep the error small
+against the title's own sales (WAPE), never be clearly worse than the champion refitted on
+the same weeks. Absolute limits (RMSE, MAPE) exist for those who want them, off by
+default, on the holdout; MAPE is never applied to a holdout with zero weeks, where it is
+undefined. Versions registered before backtests existed are judged on their holdout.
 Every failed rule is one sentence in plain words, as the quarantine reason.
+
+A refused candidate is replaced by the robust option with the lowest backtest error (the
+champion refitted, a plain combination, seasonal naive), never by one known to lose.
 """
 from __future__ import annotations
 
+import math
+
 from shared.config import GateSettings
+from shared.forecasting.backtest import Backtest, evidence_worse
 
 
 def breaches(metrics: dict, gates: GateSettings, champion: dict | None = None) -> list[str]:
+    """``metrics`` are a candidate's holdout metrics with its backtest evidence
+    (``backtest_evidence``); ``champion`` the champion's backtest against it, if any."""
     reasons = []
-    ratio = metrics["relative_mae"]
-    if not ratio < gates.max_relative_mae:
-        reasons.append(f"does not beat seasonal naive on the holdout: its mean absolute error is {ratio:.2f}× "
-                       f"naive's (must be below {gates.max_relative_mae:.2f}×)")
-    if not metrics["wape"] <= gates.max_wape:
-        reasons.append(f"error too large for this title's sales: absolute errors add up to {metrics['wape']:.0%} "
-                       f"of the units sold in the holdout (limit {gates.max_wape:.0%})")
-    if champion and champion.get("mae") is not None and metrics["mae"] > champion["mae"] * (1 + gates.champion_margin):
-        worse = metrics["mae"] / champion["mae"] - 1 if champion["mae"] else float("inf")
+    if "worse_than_naive" in metrics:
+        ratio, sure = metrics["backtest_relative_mae"], metrics["worse_than_naive"]
+        if ratio >= gates.max_relative_mae and sure >= gates.evidence:
+            reasons.append(f"worse than seasonal naive on the backtests: over {metrics['backtest_weeks']:.0f} unseen weeks "
+                           f"in {metrics['backtest_windows']:.0f} windows its mean absolute error is {ratio:.2f}× "
+                           f"naive's ({sure:.0%} sure it is not below {gates.max_relative_mae:.2f}×)")
+        wape, where = metrics["backtest_wape"], "backtest"
+    else:  # a version registered before backtests: its holdout is all there is
+        ratio = metrics["relative_mae"]
+        if not ratio < gates.max_relative_mae:
+            reasons.append(f"does not beat seasonal naive on the holdout: its mean absolute error is {ratio:.2f}× "
+                           f"naive's (must be below {gates.max_relative_mae:.2f}×)")
+        wape, where = metrics["wape"], "holdout"
+    if not wape <= gates.max_wape:
+        reasons.append(f"error too large for this title's sales: absolute errors add up to {wape:.0%} "
+                       f"of the units sold in the {where} weeks (limit {gates.max_wape:.0%})")
+    if champion and champion.get("worse_than_champion", 0) >= gates.evidence:
+        mae, theirs = metrics["backtest_mae"], champion["backtest_mae"]
+        worse = mae / theirs - 1 if theirs else float("inf")
         reasons.append(f"worse than the current champion refitted on the same weeks: mean absolute error "
-                       f"{metrics['mae']:.1f} vs {champion['mae']:.1f} ({worse:+.0%}, at most "
-                       f"{gates.champion_margin:+.0%} allowed)")
+                       f"{mae:.1f} vs {theirs:.1f} over {metrics['backtest_weeks']:.0f} unseen weeks ({worse:+.0%}; "
+                       f"{champion['worse_than_champion']:.0%} sure it is beyond the {gates.champion_margin:+.0%} allowed)")
     if gates.max_rmse is not None and not metrics["rmse"] < gates.max_rmse:
         reasons.append(f"RMSE {metrics['rmse']:.1f} is not below the configured absolute limit {gates.max_rmse:g}")
     if gates.max_mape is not None and metrics.get("zero_weeks_in_holdout", 0) == 0 and not metrics["mape"] < gates.max_mape:
         reasons.append(f"MAPE {metrics['mape']:.0%} is not below the configured limit {gates.max_mape:.0%}")
     return reasons
+
+
+def backtest_evidence(candidate: Backtest, naive: Backtest, gates: GateSettings) -> dict[str, float]:
+    """What the rules read from a candidate's backtest, kept with its metrics (so the
+    monitor re-applies the same rules to the version that serves)."""
+    return {"backtest_weeks": float(len(candidate.actual)), "backtest_windows": float(len(candidate.window_weeks)),
+            "backtest_mae": candidate.mae, "backtest_wape": candidate.wape,
+            "backtest_relative_mae": candidate.mae / naive.mae if naive.mae > 0 else (0.0 if candidate.mae == 0 else math.inf),
+            "worse_than_naive": evidence_worse(candidate, naive, gates.max_relative_mae)}
+
+
+def champion_evidence(candidate: Backtest, champion: Backtest, gates: GateSettings) -> dict[str, float]:
+    return {"backtest_mae": champion.mae,
+            "worse_than_champion": evidence_worse(candidate, champion, 1 + gates.champion_margin)}
+
+
+def best_fallback(options: dict[str, Backtest]) -> tuple[str, str]:
+    """The robust option with the lowest mean absolute error on the backtests, and why, in
+    words that name the others' errors."""
+    ranked = sorted(options, key=lambda name: options[name].mae)  # stable: ties keep the caller's order
+    chosen = options[ranked[0]]
+    others = ", ".join(f"{options[name].label} {options[name].mae:.1f}" for name in ranked[1:])
+    why = (f"{chosen.label} has the lowest mean absolute error of the fallbacks on {len(chosen.actual)} "
+           f"backtest weeks: {chosen.mae:.1f}" + (f" (vs {others})" if others else ""))
+    return ranked[0], why
 
 
 REQUIRED = ("relative_mae", "wape", "mae", "rmse")

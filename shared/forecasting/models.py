@@ -15,6 +15,8 @@
 - ``combination``: the mean of the best two or three families' forecasts, when that scores
   better on the folds than any one of them (combinations are robust on real sales).
 - ``seasonal_naive``: last year's week, the baseline every candidate must beat.
+- ``plain_combination``: seasonal naive, Theta and damped ETS averaged, untuned: with seasonal
+  naive and the champion, one of the fallbacks a refused candidate is replaced by.
 
 A fitted model is kept as its spec and parameter vector (about 1 KB) plus the history it was
 conditioned on, and is rebuilt without re-estimation to forecast. Intervals are normal in the
@@ -112,6 +114,17 @@ class ModelSpec:
     def scale(self) -> str:
         """What the label says about the transform: fitted on log units, or (no words) on units."""
         return " on log units" if self.transform == "log1p" else ""
+
+
+def plain_combination(weeks: int) -> ModelSpec:
+    """The untuned fallback combination: the mean of seasonal naive, Theta and damped-trend
+    ETS on log units (seasonal where two years allow). Nothing in it is chosen on the data,
+    so its backtest is an honest measure, and averaging three simple forecasters is robust
+    on real sales where any one of them can be far off."""
+    seasonal = weeks >= 2 * SEASON + 4
+    return ModelSpec(kind=COMBINATION, members=(
+        ModelSpec(kind=BASELINE), ModelSpec(kind="theta", seasonal=seasonal),
+        ModelSpec(kind="ets", trend="add", damped=True)))
 
 
 def calibrated_multiplier(level: float, interval_scale: list[list[float]] | None) -> float:

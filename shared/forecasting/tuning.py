@@ -19,7 +19,6 @@ from datetime import date, timedelta
 import numpy as np
 
 from shared.forecasting import models
-from shared.forecasting.calibration import scores
 from shared.forecasting.models import COMBINATION, SEASON, ModelSpec
 
 FOLDS = 3
@@ -95,9 +94,9 @@ def anchors(space: SearchSpace) -> list[dict]:
     return [{"kind": family, **defaults[family]} for family in space.families]
 
 
-def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int) -> tuple[ModelSpec, dict, np.ndarray]:
+def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int) -> tuple[ModelSpec, dict, list[models.Forecast]]:
     """The chosen spec, a summary for the registry (family, parameters, CV scores, every
-    trial), and the chosen spec's nonconformity scores on the folds (for calibration)."""
+    trial), and the chosen spec's forecast of each fold (its backtest's first windows)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,7 +147,6 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
         if np.mean(combined_errors) <= best.value * COMBINATION_TOLERANCE:
             spec = ModelSpec(kind=COMBINATION, members=tuple(spec_from_params(m.params) for m in members))
             predictions, errors = combined, combined_errors
-    nonconformity = np.concatenate([scores(y[cut:cut + window], p) for cut, p in zip(cuts, predictions)])
     summary = {
         "family": spec.kind,
         "trials": len(study.trials),
@@ -167,7 +165,7 @@ def search(y: np.ndarray, start: date, trials: int, max_fourier: int, seed: int)
         "history": [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
                     for t in study.trials],
     }
-    return spec, summary, nonconformity
+    return spec, summary, predictions
 
 
 def spec_from_params(params: dict) -> ModelSpec:

@@ -21,7 +21,8 @@ from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, veri
 from shared.registry import Tags
 from shared.logs import get_logger
 from shared.training import report
-from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
+from shared.forecasting.models import BASELINE, ModelSpec
+from shared.training.per_isbn import CHAMPION, Candidate, gate, serving_forecast, train_isbn
 
 log = get_logger(__name__)
 
@@ -196,9 +197,9 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     lineage = {**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks),
                Tags.FITTED_AT: datetime.now(timezone.utc).isoformat()}
     verdict = gate(candidate, cfg.gates)
-    metrics = {**candidate.metrics, "cv_score": candidate.study["cv_score"],
-               **{f"naive_{k}": v for k, v in candidate.baseline_metrics.items()
-                  if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
+    naive = candidate.fallbacks[BASELINE]["metrics"]
+    metrics = {**candidate.metrics, **verdict.evidence, "cv_score": candidate.study["cv_score"],
+               **{f"naive_{k}": v for k, v in naive.items() if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
                **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
     registration = registry.register(
         cfg, candidate.isbn, candidate.model, candidate.serving,
@@ -222,23 +223,40 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     reason = "quarantined: " + "; ".join(verdict.reasons)
     champion = registry.version_by_alias(cfg, candidate.isbn)
-    if champion is not None:  # the champion's structure won, so it keeps serving
+    # The champion serves on when it is the best fallback on the backtests (or could not be
+    # backtested: a version without a spec is not replaced by a guess).
+    if champion is not None and (verdict.fallback == CHAMPION or CHAMPION not in candidate.backtests):
+        reason += f"; the champion v{champion.version} serves on" + (f": {verdict.fallback_reason}" if verdict.fallback == CHAMPION else "")
         reason += refit_if_behind(cfg, store, request, candidate, info, champion)
         return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
-    # Every ISBN with enough data must be servable: the seasonal-naive baseline serves.
-    family = candidate.baseline_model["spec"]["kind"]
-    baseline = registry.register(
-        cfg, candidate.isbn, candidate.baseline_model, serving_forecast(candidate.baseline_model),
-        params={"kind": family, "family": family}, metrics=candidate.baseline_metrics,
-        tags={**lineage, "spec": json.dumps({"kind": family}), Tags.KIND: "baseline", "family": family,
+    return register_fallback(cfg, store, request, candidate, lineage, verdict, reason, champion)
+
+
+def register_fallback(cfg: Settings, store, request: dict, candidate: Candidate, lineage: dict, verdict,
+                      reason: str, champion) -> IsbnResult:
+    """Every ISBN with enough data must be servable: the robust fallback that did best on the
+    backtests (seasonal naive or the plain combination) is registered and serves."""
+    from shared import registry
+
+    fallback = candidate.fallbacks[verdict.fallback]
+    spec = fallback["model"]["spec"]
+    family = spec["kind"]
+    evidence = gates.backtest_evidence(candidate.backtest(verdict.fallback), candidate.backtest(BASELINE), cfg.gates)
+    registration = registry.register(
+        cfg, candidate.isbn, fallback["model"], serving_forecast(fallback["model"]),
+        params={"kind": family, "family": family}, metrics={**fallback["metrics"], **evidence},
+        tags={**lineage, "spec": json.dumps(spec), Tags.KIND: "baseline", "family": family,
               "baseline": "true", "gate": "baseline", "quarantined": "false"})
-    registry.move_alias(cfg, store, candidate.isbn, baseline.version, "baseline",
-                        f"no candidate passed and no champion existed ({'; '.join(verdict.reasons)})",
-                        "training", request["correlation_id"])
-    return IsbnResult(isbn=candidate.isbn, status="baseline", version=baseline.version, mlflow_run_id=baseline.run_id,
-                      reason=f"{reason}; seasonal-naive baseline v{baseline.version} serves",
-                      metrics=_round(candidate.baseline_metrics))  # what serves is the baseline: its metrics
+    replaces = f"it replaces the champion v{champion.version}" if champion is not None else "no champion existed"
+    registry.move_alias(cfg, store, candidate.isbn, registration.version, "baseline",
+                        f"no candidate passed and {replaces}: {verdict.fallback_reason} "
+                        f"(refused: {'; '.join(verdict.reasons)})", "training", request["correlation_id"])
+    label = ModelSpec.from_dict(spec).label()
+    return IsbnResult(isbn=candidate.isbn, status="baseline", version=registration.version,
+                      mlflow_run_id=registration.run_id,
+                      reason=f"{reason}; {label} v{registration.version} serves: {verdict.fallback_reason}",
+                      metrics=_round(fallback["metrics"]))  # what serves is the fallback: its metrics
 
 
 def refit_if_behind(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:

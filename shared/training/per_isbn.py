@@ -13,14 +13,19 @@ from datetime import date, timedelta
 import numpy as np
 
 from shared.config import GateSettings, TrainingSettings
-from shared.forecasting import calibration, models
-from shared.forecasting.gates import breaches
+from shared.forecasting import backtest, calibration, models
+from shared.forecasting.backtest import Backtest
+from shared.forecasting.gates import backtest_evidence, best_fallback, breaches, champion_evidence
 from shared.forecasting.metrics import accuracy
-from shared.forecasting.models import BASELINE, SEASON, FittedModel, ModelSpec
-from shared.forecasting.tuning import search, validation_plan
+from shared.forecasting.models import BASELINE, COMBINATION, SEASON, FittedModel, ModelSpec, plain_combination
+from shared.forecasting.tuning import search
 
 SERVING_HORIZON = 104
 HISTORY_IN_ARTIFACT = 156  # for plots next to the forecast
+
+
+FALLBACKS = (BASELINE, COMBINATION)  # besides the champion refitted, when there is one
+CHAMPION = "champion"
 
 
 @dataclass
@@ -29,13 +34,15 @@ class Candidate:
     status: str                       # trained | refused | failed
     reason: str = ""
     spec: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    baseline_metrics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)         # on the holdout
     champion_metrics: dict = field(default_factory=dict)
     champion_refit: dict = field(default_factory=dict)  # the champion's structure re-estimated on all data
     study: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)           # FittedModel on all data
-    baseline_model: dict = field(default_factory=dict)  # seasonal naive on all data
+    # Every option's backtest on the same windows (shared/forecasting/backtest.py): the
+    # candidate, each fallback, and the champion's structure when there is one.
+    backtests: dict[str, dict] = field(default_factory=dict)
+    fallbacks: dict[str, dict] = field(default_factory=dict)  # name -> {"model": on all data, "metrics": holdout}
     holdout: dict = field(default_factory=dict)         # weeks, actual, forecast, bounds, naive
     history: dict = field(default_factory=dict)         # weeks, units (for the plot)
     serving: dict = field(default_factory=dict)         # the serving artifact of ``model``
@@ -46,6 +53,9 @@ class Candidate:
     holdout_weeks: int = 0
     seconds: float = 0.0
 
+    def backtest(self, option: str) -> Backtest:
+        return Backtest.from_dict(self.backtests[option])
+
 
 def holdout_size(n: int, configured: int) -> int:
     """The configured holdout, shortened for short histories so that at least ~60 weeks
@@ -53,14 +63,10 @@ def holdout_size(n: int, configured: int) -> int:
     return max(4, min(configured, n // 4, n - 60))
 
 
-def evaluate(spec: ModelSpec, y: np.ndarray, start: date, cut: int,
-             interval_scale: list[list[float]] | None = None) -> tuple[dict, dict, np.ndarray]:
-    """Fit on the weeks before ``cut`` and score the weeks from it: metrics (with interval
-    coverage under ``interval_scale``), the curves for the plot, and the nonconformity scores."""
+def holdout_metrics(y: np.ndarray, start: date, cut: int, prediction: models.Forecast) -> tuple[dict, dict]:
+    """Metrics of a forecast of the weeks from ``cut`` (with interval coverage under its
+    calibration) and the curves for the plot."""
     train, actual = y[:cut], y[cut:]
-    fitted = models.fit(train, start, spec)
-    fitted.interval_scale = interval_scale or []
-    prediction = models.forecast(fitted, len(actual))
     mean, lower, upper = prediction.bounds(0.95)
     naive = models.seasonal_naive(train, start, len(actual))
     season = SEASON if cut > SEASON else 1
@@ -69,19 +75,20 @@ def evaluate(spec: ModelSpec, y: np.ndarray, start: date, cut: int,
                "coverage_95": calibration.coverage(actual, prediction, 0.95),
                "level": float(np.mean(train[-SEASON:])), "zero_share": float(np.mean(train == 0))}
     curve = {"forecast": mean.tolist(), "lower": lower.tolist(), "upper": upper.tolist(), "naive": naive.tolist()}
-    return metrics, curve, calibration.scores(actual, prediction)
+    return metrics, curve
 
 
-def baseline_scores(y: np.ndarray, start: date, cut: int) -> np.ndarray:
-    """Seasonal naive's nonconformity on the same folds as the search: its own intervals are
-    calibrated too, so a baseline that serves has honest bands."""
-    window, cuts = validation_plan(cut)
-    baseline = ModelSpec(kind=BASELINE)
-    found = []
-    for fold_cut in cuts:
-        prediction = models.forecast(models.fit(y[:fold_cut], start, baseline), window)
-        found.append(calibration.scores(y[fold_cut:fold_cut + window], prediction))
-    return np.concatenate(found)
+def backtested(y: np.ndarray, start: date, spec: ModelSpec, plan: list[backtest.Window],
+               known: list[models.Forecast] | None = None) -> tuple[Backtest, dict, dict, FittedModel]:
+    """One option through every window: its backtest, its holdout metrics (coverage under the
+    calibration of the folds alone) and curves, and its model on all data, calibrated on
+    every window."""
+    found, forecasts = backtest.run(y, start, spec, plan, known)
+    forecasts[-1].interval_scale = calibration.interval_scale(found.fold_scores())
+    metrics, curve = holdout_metrics(y, start, plan[-1].cut, forecasts[-1])
+    final = models.fit(y, start, spec)
+    final.interval_scale = calibration.interval_scale(np.asarray(found.scores))
+    return found, metrics, curve, final
 
 
 def train_isbn(isbn: str, weeks: list[date], units: list[float], training: TrainingSettings,
@@ -101,37 +108,28 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
     try:
         holdout = holdout_size(len(y), training.holdout_weeks)
         cut = len(y) - holdout
-        spec, study, cv_scores = search(y[:cut], start, training.trials, training.max_fourier_pairs, training.seed)
-        # Coverage on the holdout is measured with the calibration from the folds alone; the
-        # served model is then calibrated on folds and holdout together.
-        metrics, curve, holdout_scores = evaluate(spec, y, start, cut, calibration.interval_scale(cv_scores))
-        baseline = ModelSpec(kind=BASELINE)
-        naive_cv = baseline_scores(y, start, cut)
-        baseline_metrics, _, naive_holdout = evaluate(baseline, y, start, cut, calibration.interval_scale(naive_cv))
-        champion_metrics, champion_refit = {}, {}
+        plan = backtest.windows(cut, holdout)
+        spec, study, folds = search(y[:cut], start, training.trials, training.max_fourier_pairs, training.seed)
+        found, metrics, curve, final = backtested(y, start, spec, plan, folds)
+        candidate.backtests["candidate"] = found.to_dict()
+        for name, option in ((BASELINE, ModelSpec(kind=BASELINE)), (COMBINATION, plain_combination(plan[0].cut))):
+            option_backtest, option_metrics, _, option_final = backtested(y, start, option, plan)
+            candidate.backtests[name] = option_backtest.to_dict()
+            candidate.fallbacks[name] = {"model": option_final.to_dict(), "metrics": option_metrics}
         if champion_spec:
-            # The champion's structure refitted on the same window: the fair comparison. Also
-            # re-estimated on all data: if the candidate loses, that is what serves next.
-            champion = ModelSpec.from_dict(champion_spec)
-            champion_metrics, _, champion_scores = evaluate(champion, y, start, cut)
-            refit = models.fit(y, start, champion)
-            refit.interval_scale = calibration.interval_scale(champion_scores)
-            champion_refit = refit.to_dict()
-        final = models.fit(y, start, spec)
-        final.interval_scale = calibration.interval_scale(np.concatenate([cv_scores, holdout_scores]))
+            # The champion's structure refitted on the same windows: the fair comparison. Also
+            # re-estimated on all data: if the candidate loses, that may be what serves next.
+            champion_backtest, candidate.champion_metrics, _, refit = backtested(
+                y, start, ModelSpec.from_dict(champion_spec), plan)
+            candidate.backtests[CHAMPION] = champion_backtest.to_dict()
+            candidate.champion_refit = refit.to_dict()
         candidate.serving = serving_forecast(final.to_dict())  # also proves the final model forecasts
-        naive_final = models.fit(y, start, baseline)
-        naive_final.interval_scale = calibration.interval_scale(np.concatenate([naive_cv, naive_holdout]))
         study["interval_scale"] = final.interval_scale
         candidate.status = "trained"
         candidate.spec = spec.to_dict()
         candidate.metrics = metrics
-        candidate.baseline_metrics = baseline_metrics
-        candidate.champion_metrics = champion_metrics
-        candidate.champion_refit = champion_refit
         candidate.study = study
         candidate.model = final.to_dict()
-        candidate.baseline_model = naive_final.to_dict()
         candidate.holdout = {"weeks": [w.isoformat() for w in weeks[cut:]], "actual": y[cut:].tolist(), **curve}
         candidate.train_window = (weeks[0].isoformat(), weeks[-1].isoformat())
         candidate.holdout_weeks = holdout
@@ -161,11 +159,22 @@ def holdout_plot(candidate: Candidate) -> bytes:
 class GateResult:
     passed: bool
     reasons: list[str]
+    evidence: dict[str, float]  # what the rules read from the backtests, kept with the metrics
+    fallback: str = ""          # what serves instead when refused: champion | seasonal_naive | combination
+    fallback_reason: str = ""
 
 
 def gate(candidate: Candidate, gates: GateSettings) -> GateResult:
-    reasons = breaches(candidate.metrics, gates, candidate.champion_metrics)
-    return GateResult(not reasons, reasons)
+    """The rules on the candidate's backtests; when it is refused, the best robust option."""
+    ours = candidate.backtest("candidate")
+    evidence = backtest_evidence(ours, candidate.backtest(BASELINE), gates)
+    champion = champion_evidence(ours, candidate.backtest(CHAMPION), gates) if CHAMPION in candidate.backtests else None
+    reasons = breaches({**candidate.metrics, **evidence}, gates, champion)
+    if not reasons:
+        return GateResult(True, [], evidence)
+    options = [*([CHAMPION] if champion else []), *FALLBACKS]  # on a tie the champion serves on: no alias move
+    fallback, why = best_fallback({name: candidate.backtest(name) for name in options})
+    return GateResult(False, reasons, evidence, fallback, why)
 
 
 def serving_forecast(model: dict) -> dict:
