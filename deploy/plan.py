@@ -364,10 +364,10 @@ def desired_subscription(t: Target, sub):
     from google.cloud.pubsub_v1 import types
 
     d = t.topology.defaults
+    least, most = sub.backoff(d)
     wanted = types.Subscription(
         name=t.subscription(sub.name), topic=t.topic(sub.topic), ack_deadline_seconds=d.ack_deadline_seconds,
-        retry_policy=types.RetryPolicy(minimum_backoff=timedelta(seconds=d.min_backoff_seconds),
-                                       maximum_backoff=timedelta(seconds=d.max_backoff_seconds)),
+        retry_policy=types.RetryPolicy(minimum_backoff=timedelta(seconds=least), maximum_backoff=timedelta(seconds=most)),
         # Never expire: an idle subscription (parked letters, a quiet week) must not vanish after 31 days.
         expiration_policy=types.ExpirationPolicy())
     if sub.function:
@@ -379,7 +379,7 @@ def desired_subscription(t: Target, sub):
                                                   audience=t.function_url(sub.function)))
     if sub.dead_letter_to(d):
         wanted.dead_letter_policy = types.DeadLetterPolicy(dead_letter_topic=t.topic(sub.dead_letter_to(d)),
-                                                           max_delivery_attempts=d.max_delivery_attempts)
+                                                           max_delivery_attempts=sub.attempts(d))
     return wanted
 
 

@@ -38,20 +38,21 @@ def wire(topology: Topology, project: str, ports, function_ports: dict[str, int]
     for sub in topology.subscriptions:
         if only_functions is not None and sub.function not in only_functions:
             continue
+        least, most = sub.backoff(d)
         request = {
             "name": subscriber.subscription_path(project, sub.name),
             "topic": publisher.topic_path(project, sub.topic),
             "ack_deadline_seconds": d.ack_deadline_seconds,
             # Without a retry policy the emulator redelivers a failing push every second forever.
-            "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=d.min_backoff_seconds),
-                             "maximum_backoff": duration_pb2.Duration(seconds=d.max_backoff_seconds)},
+            "retry_policy": {"minimum_backoff": duration_pb2.Duration(seconds=least),
+                             "maximum_backoff": duration_pb2.Duration(seconds=most)},
         }
         if sub.function:
             request["push_config"] = {"push_endpoint": push_endpoint(function_ports[sub.function], project, sub.topic)}
         if sub.dead_letter_to(d):
             request["dead_letter_policy"] = {
                 "dead_letter_topic": publisher.topic_path(project, sub.dead_letter_to(d)),
-                "max_delivery_attempts": d.max_delivery_attempts}
+                "max_delivery_attempts": sub.attempts(d)}
         try:
             subscriber.create_subscription(request=request)
         except AlreadyExists:

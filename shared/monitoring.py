@@ -33,6 +33,8 @@ from shared.runstore import RunStore, now, unpack_isbns
 log = get_logger(__name__)
 TICK = "schedule.tick"
 EXPORT_JOB = "forecast-export"  # the scheduler job whose tick writes the weekly forecast export
+REPLAY_JOB = "replay-dead-letters"  # the reconcile tick a dead-lettered upload asks for
+DEAD_LETTER_SOURCE = "CloudPubSubDeadLetterSourceSubscription"  # set by Pub/Sub on a dead-lettered message
 DAY = timedelta(days=1)
 FAILED_ISBN_STATUSES = ("failed", "refused")
 MAX_FAILED_RUNS_LISTED = 5
@@ -80,8 +82,8 @@ class Fleet:
 # --- events ---------------------------------------------------------------------------------
 def event_alerts(message: PubSubMessage) -> list[Alert]:
     cid = message.correlation_id
-    if message.topic == Topics.DEAD_LETTERS or "CloudPubSubDeadLetterSourceSubscription" in message.attributes:
-        source = message.attributes.get("CloudPubSubDeadLetterSourceSubscription", "unknown subscription")
+    if is_dead_letter(message):
+        source = message.attributes.get(DEAD_LETTER_SOURCE, "unknown subscription")
         return [Alert(f"dead-letter:{message.message_id}", CRITICAL, "A message could not be processed",
                       f"after every retry from {source}; attributes {message.attributes}", cid)]
     try:
@@ -401,4 +403,26 @@ def on_message(cfg: Settings, message: PubSubMessage, store: RunStore | None = N
         return on_tick(cfg, store, message)
     alerts = event_alerts(message)
     sent = [a.key for a in alerts if send(cfg, store, a)]
-    return {"alerts": [a.key for a in alerts], "sent": sent, "resolved": []}
+    return {"alerts": [a.key for a in alerts], "sent": sent, "resolved": [], "replay": request_replay(cfg, message)}
+
+
+def is_dead_letter(message: PubSubMessage) -> bool:
+    return message.topic == Topics.DEAD_LETTERS or DEAD_LETTER_SOURCE in message.attributes
+
+
+def request_replay(cfg: Settings, message: PubSubMessage) -> str | None:
+    """A dead-lettered upload notification (trigger_training was down through every retry)
+    asks the reconciler to replay the bucket now, instead of on its 10-minute tick. Its push
+    retries at least once a minute (deploy/topology.yaml), so the upload is decided within a
+    minute of trigger_training coming back. Idempotent: a replay handles only uploads whose
+    cause is missing, so a redelivered dead letter's second request changes nothing."""
+    if not (is_dead_letter(message) and message.is_gcs_notification):
+        return None
+    from shared.events import ScheduleTick
+    from shared.pubsub import publish
+
+    cid = message.correlation_id or f"dead-letter-{message.message_id}"
+    publish(cfg, Topics.RECONCILE_TICKS, ScheduleTick(job=REPLAY_JOB, correlation_id=cid))
+    log.warning("dead-lettered upload %s: replay requested from trigger_training's reconciler",
+                message.attributes.get("objectId"), extra={"correlation_id": cid})
+    return REPLAY_JOB

@@ -119,8 +119,8 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
     """Serve a candidate that passed the gates, or put it on trial when it is risky.
     ``reference`` is the champion's forecast from the same data (its structure re-estimated
     on the candidate's series), or None to use the forecast the champion serves. Nothing is
-    risked by replacing no champion or the seasonal-naive baseline, which the gates already
-    required the candidate to beat."""
+    risked by replacing no champion or a fallback (seasonal naive, the plain combination),
+    which the gates already compared the candidate with on the same backtests."""
     from shared import model_store
 
     champion = registry.version_by_alias(cfg, isbn)

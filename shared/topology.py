@@ -63,9 +63,21 @@ class Subscription(Strict):
     function: str | None = None
     dead_letter: bool = True
     dead_letter_topic: str | None = None  # instead of the default one
+    # Instead of the defaults: a subscription whose messages a person waits on retries at
+    # least once a minute, so it is handled within a minute of its function coming back.
+    max_backoff_seconds: int | None = None
+    max_delivery_attempts: int | None = None
 
     def dead_letter_to(self, defaults: "Defaults") -> str | None:
         return (self.dead_letter_topic or defaults.dead_letter_topic) if self.dead_letter else None
+
+    def backoff(self, defaults: "Defaults") -> tuple[int, int]:
+        """Minimum and maximum seconds between redeliveries of a failed push."""
+        return defaults.min_backoff_seconds, self.max_backoff_seconds or defaults.max_backoff_seconds
+
+    def attempts(self, defaults: "Defaults") -> int:
+        """Deliveries before a message goes to the dead-letter topic."""
+        return self.max_delivery_attempts or defaults.max_delivery_attempts
 
 
 class SchedulerJob(Strict):

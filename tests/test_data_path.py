@@ -335,7 +335,7 @@ def test_messages_no_retry_can_fix_are_recorded_acknowledged_and_alerted_once(dr
     assert sorted(e["message_id"] for e in announced) == ["7", "8"]  # the redelivery is not announced again
 
 
-def test_a_poison_dead_letter_is_alerted_not_redelivered(dry_cfg, functions_env):
+def test_a_poison_dead_letter_is_alerted_not_redelivered(dry_cfg, probe, functions_env):
     from functions.monitor.main import monitor
 
     poison = pushed(Topics.DEAD_LETTERS, dry_cfg.project_id, b"\xff not json",
@@ -344,6 +344,9 @@ def test_a_poison_dead_letter_is_alerted_not_redelivered(dry_cfg, functions_env)
     monitor(poison)  # returns: acknowledged
     (alert,) = RunStore(dry_cfg).stream("alerts")
     assert alert["key"] == "dead-letter:9" and "trigger-training-uploads" in alert["detail"]
+    # A dead-lettered upload asks trigger_training to replay the bucket now, not in 10 minutes.
+    (replay,) = probe.messages(Topics.RECONCILE_TICKS, at_least=1, timeout=5)
+    assert replay["event_type"] == "schedule.tick" and replay["job"] == "replay-dead-letters"
 
 
 def test_forged_internal_events_are_rejected_and_counted_signed_ones_alert(dry_cfg, probe, functions_env):

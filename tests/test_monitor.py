@@ -169,7 +169,7 @@ def test_a_tick_over_50_baseline_isbns_sends_one_digest_and_resolves_when_one_cl
                   {"kind": "candidate"})
     cleared = on_message(alerting_cfg, tick("t3"))
     assert cleared["sent"] == [] and cleared["resolved"] == [f"baseline:{isbns[7]}"]
-    assert len(inbox.slack) == 2 and f"1 ISBN no longer served by the baseline: {isbns[7]}" in inbox.slack[1]["text"]
+    assert len(inbox.slack) == 2 and f"1 ISBN no longer served by a fallback: {isbns[7]}" in inbox.slack[1]["text"]
     assert on_message(alerting_cfg, tick("t4"))["resolved"] == [] and len(inbox.slack) == 2  # resolved once
     assert resolve(alerting_cfg, isbns[7]).version == tuned
 
