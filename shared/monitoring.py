@@ -24,7 +24,7 @@ from google.api_core.exceptions import AlreadyExists, GoogleAPIError
 from shared import alerting, leases, model_store
 from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
 from shared.config import Settings
-from shared.events import MessageRejected, PubSubMessage, Topics
+from shared.events import MessageRejected, PubSubMessage, ScheduleTick, Topics
 from shared.failures import PermanentFailure, parse
 from shared.logs import get_logger
 from shared.model_store import AliasTarget
@@ -418,7 +418,6 @@ def request_replay(cfg: Settings, message: PubSubMessage) -> str | None:
     cause is missing, so a redelivered dead letter's second request changes nothing."""
     if not (is_dead_letter(message) and message.is_gcs_notification):
         return None
-    from shared.events import ScheduleTick
     from shared.pubsub import publish
 
     cid = message.correlation_id or f"dead-letter-{message.message_id}"

@@ -61,11 +61,6 @@ class Backtest:
         sold = float(np.abs(self.actual).sum())
         return float(self.errors.sum()) / sold if sold > 0 else (0.0 if self.mae == 0 else math.inf)
 
-    def window_maes(self) -> list[float]:
-        edges = np.cumsum([0, *self.window_weeks])
-        errors = self.errors
-        return [float(errors[a:b].mean()) for a, b in zip(edges[:-1], edges[1:])]
-
     def fold_scores(self) -> np.ndarray:
         """Nonconformity on the folds alone (every window but the holdout)."""
         return np.asarray(self.scores[: len(self.scores) - self.window_weeks[-1]], float)
