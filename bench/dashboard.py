@@ -21,6 +21,8 @@ from rich.table import Table
 
 from bench.common import bench_settings, private_stack, stop_stack
 from shared.logs import configure
+from shared.layout import Collection
+from shared.version_tags import Gate, Tag, VersionKind, contract, flag, metric_tags
 
 TARGET_MS = 300
 HORIZON = 104
@@ -36,13 +38,13 @@ def isbn_of(n: int) -> str:
 
 def version_tags(n: int, isbn: str) -> dict[str, str]:
     family = ("combination", "arima", "ets", "theta", "tsb")[n % 5]
-    return {"isbn": isbn, "kind": "candidate", "family": family, "gate": "passed", "quarantined": "false",
-            "fitted_at": (datetime.now(timezone.utc) - timedelta(days=n % 120)).isoformat(),
-            "data_hash": f"{n:064x}", "train_window_start": "2023-11-27", "train_window_end": "2026-05-18",
-            "holdout_weeks": "26", "pipeline_run_id": "run-bench", "correlation_id": "bench",
-            "metric.mase": f"{0.4 + (n % 17) / 20:.4g}", "metric.wape": f"{0.2 + (n % 13) / 40:.4g}",
-            "metric.relative_mae": f"{0.5 + (n % 11) / 20:.4g}", "metric.mae": f"{10 + n % 30:.4g}",
-            "metric.rmse": f"{14 + n % 40:.4g}", "baseline": "true" if n % 23 == 0 else "false"}
+    metrics = {"mase": 0.4 + (n % 17) / 20, "wape": 0.2 + (n % 13) / 40, "relative_mae": 0.5 + (n % 11) / 20,
+               "mae": 10 + n % 30, "rmse": 14 + n % 40}
+    return {**contract(VersionKind.CANDIDATE, family=family, spec=None, baseline=n % 23 == 0, gate=Gate.PASSED,
+                       isbn=isbn, fitted_at=(datetime.now(timezone.utc) - timedelta(days=n % 120)).isoformat(),
+                       data_hash=f"{n:064x}", train_window_start="2023-11-27", train_window_end="2026-05-18",
+                       holdout_weeks="26", pipeline_run_id="run-bench", correlation_id="bench"),
+            **metric_tags(metrics)}
 
 
 def serving_forecast(n: int) -> dict:
@@ -72,7 +74,7 @@ def seed(cfg, store, isbns: list[str], quarantined: int, degraded: int, leased: 
         mlflow.set_registered_model_alias(name, cfg.serving.alias, version.version)
         if n < quarantined:
             mlflow.create_model_version(name, source, run_id=run_id,
-                                        tags={**tags, "quarantined": "true", "gate": "failed"})
+                                        tags={**tags, Tag.QUARANTINED: flag(True), Tag.GATE: Gate.FAILED})
         target = model_store.AliasTarget(isbn=isbn, model_name=name, alias=cfg.serving.alias,
                                          version=str(version.version), run_id=run_id,
                                          created_at=datetime.now(timezone.utc), tags=tags)
@@ -84,11 +86,11 @@ def seed(cfg, store, isbns: list[str], quarantined: int, degraded: int, leased: 
     for start in range(0, len(isbns), 200):
         batch = store.db.batch()
         for isbn in isbns[start:start + 200]:
-            batch.set(store.col("series").document(isbn), {"isbn": isbn, "weeks": weeks, "sources": ["bench.csv"],
+            batch.set(store.col(Collection.SERIES).document(isbn), {"isbn": isbn, "weeks": weeks, "sources": ["bench.csv"],
                                                             "data_hash": "bench"})
         batch.commit()
     for isbn in isbns[:leased]:
-        store.col("leases").document(isbn).set({"isbn": isbn, "run_id": "run-bench", "expires_at": expires(1800)})
+        store.col(Collection.LEASES).document(isbn).set({"isbn": isbn, "run_id": "run-bench", "expires_at": expires(1800)})
     for isbn in isbns[-degraded:]:
         store.record_decision(isbn, "train", ["degraded"], {"champion_version": "1", "degradation": {
             "unseen_weeks": 6, "unseen_abs_error": 120.0, "new_weeks_scored": 6, "unseen_mae": 20.0,

@@ -28,16 +28,20 @@ from shared.logs import configure
 from bench.common import trigger_stack
 from shared.sales import series_hash, to_csv, weeks_of
 from shared.sample_data import generate
+from shared.layout import Collection
+from shared.states import RunStatus
+from shared.version_tags import Tag, VersionKind
 
 
 def complete_runs(cfg, store, trained_hashes: dict[str, str]) -> None:
     """Stand in for the training job: register a baseline per leased ISBN, end the run."""
-    from shared import leases, registry
+    from shared import registry
+    from shared.lifecycle import leases
     from shared.forecasting import models
     from shared.forecasting.models import ModelSpec
     from shared.training.per_isbn import serving_forecast
 
-    for run in store.runs(status="queued"):
+    for run in store.runs(status=RunStatus.QUEUED):
         for isbn in run["isbns"]:
             series = store.series(isbn)
             weeks = sorted(series["weeks"])
@@ -47,12 +51,12 @@ def complete_runs(cfg, store, trained_hashes: dict[str, str]) -> None:
             fitted = models.fit(y, date.fromisoformat(weeks[0]), ModelSpec(kind="seasonal_naive")).to_dict()
             version = registry.register(cfg, isbn, fitted, serving_forecast(fitted), params={"kind": "seasonal_naive"},
                                         metrics={"mae": float(np.abs(np.diff(y[-60:])).mean() or 1.0)},
-                                        tags={"data_hash": series["data_hash"], "train_window_end": weeks[-1],
-                                              "kind": "baseline", "pipeline_run_id": run["run_id"]})
+                                        tags={Tag.DATA_HASH: series["data_hash"], Tag.TRAIN_WINDOW_END: weeks[-1],
+                                              Tag.KIND: VersionKind.BASELINE, Tag.PIPELINE_RUN_ID: run["run_id"]})
             registry.move_alias(cfg, store, isbn, version.version, "promote", "bench", "bench", run["correlation_id"],
                                 publish=False)
             trained_hashes[isbn] = series["data_hash"]
-        store.update_run(run["run_id"], status="succeeded")
+        store.update_run(run["run_id"], status=RunStatus.SUCCEEDED)
         leases.release_all(store, run["run_id"])
 
 
@@ -100,7 +104,7 @@ def main() -> None:
             t0 = time.perf_counter()
             blob.upload_from_string(to_csv(frame), content_type="text/csv")
             while True:
-                cause = [d for d in store.stream("causes") if d.get("correlation_id") == correlation_id]
+                cause = [d for d in store.stream(Collection.CAUSES) if d.get("correlation_id") == correlation_id]
                 if cause:
                     break
                 time.sleep(0.02)

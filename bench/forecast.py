@@ -26,6 +26,7 @@ from shared.logs import configure
 from emulators.processes import free_port, http_ok, spawn, wait_healthy
 from bench.common import bench_settings, private_stack, stop_stack
 from emulators.stack import BIN
+from shared.version_tags import Tag, VersionKind
 
 
 async def load(url: str, method: str, payload: dict | None, params: dict | None, clients: int, seconds: float):
@@ -66,8 +67,8 @@ def train_one_model(cfg) -> str:
     isbn = frame["isbn"].iloc[0]
     candidate = train_isbn(isbn, list(frame["week"]), list(frame["units"].astype(float)), cfg.training)
     version = registry.register(cfg, isbn, candidate.model, serving_forecast(candidate.model), params=candidate.spec,
-                                metrics=candidate.metrics, tags={"kind": "candidate"})
-    registry.client(cfg).set_registered_model_alias(cfg.model_name(isbn), "champion", version.version)
+                                metrics=candidate.metrics, tags={Tag.KIND: VersionKind.CANDIDATE})
+    registry.client(cfg).set_registered_model_alias(cfg.model_name(isbn), cfg.serving.alias, version.version)
     return isbn
 
 

@@ -26,9 +26,9 @@ def main() -> None:
     args = parser.parse_args()
     from emulators.wiring import create_topics
     from shared.logs import configure
-    from shared.runstore import RunStore
     from shared.sample_data import generate
-    from shared.training.flow import REGISTRATION_THREADS, gate_and_register
+    from shared.jobs import training_job
+    from shared.training.flow import REGISTRATION_THREADS, gate_and_register, job_context
     from shared.training.per_isbn import train_isbn
 
     configure("WARNING")
@@ -46,12 +46,11 @@ def main() -> None:
             table.add_column(column, justify="right")
         for size in args.sizes:
             cfg = cfg.model_copy(update={"model_name_prefix": f"bench-{uuid.uuid4().hex[:6]}-"})
-            store = RunStore(cfg)
-            request = {"run_id": f"bench-{size}", "correlation_id": f"bench-{size}", "code_version": "bench"}
+            context = job_context(training_job(cfg, f"bench-{size}", {}, [], f"bench-{size}", {}, cfg.launcher))
             candidates = [replace(candidate, isbn=f"979{i:010d}") for i in range(size)]
             started = time.perf_counter()
             with ThreadPoolExecutor(REGISTRATION_THREADS) as pool:
-                results = list(pool.map(lambda c: gate_and_register(cfg, store, request, c, info), candidates))
+                results = list(pool.map(lambda c: gate_and_register(context, c, info), candidates))
             seconds = time.perf_counter() - started
             assert all(r.version for r in results), results[:3]
             table.add_row(str(size), f"{seconds:.1f}", f"{seconds / size:.3f}", "≤ 0.5")

@@ -59,7 +59,7 @@ def _week_dict(start: date, units: np.ndarray) -> dict[str, int]:
 
 def _train(isbn, start, y, training, gates, champion_spec, now):
     from shared.forecasting.models import FittedModel
-    from shared.registry import Tags
+    from shared.version_tags import Tag, metric_tag
     from shared.sales import series_hash
     from shared.training.per_isbn import CHAMPION, gate, serving_forecast, train_isbn
 
@@ -77,8 +77,8 @@ def _train(isbn, start, y, training, gates, champion_spec, now):
         model, metrics = candidate.champion_refit, candidate.champion_metrics
     else:
         model, metrics = candidate.fallbacks[verdict.fallback]["model"], candidate.fallbacks[verdict.fallback]["metrics"]
-    tags = {Tags.DATA_HASH: series_hash(_week_dict(start, y)), "metric.mae": str(metrics["mae"]),
-            "spec": FittedModel.from_dict(model).spec.to_dict(), Tags.FITTED_AT: now.isoformat()}
+    tags = {Tag.DATA_HASH: series_hash(_week_dict(start, y)), metric_tag("mae"): str(metrics["mae"]),
+            Tag.SPEC: FittedModel.from_dict(model).spec.to_dict(), Tag.FITTED_AT: now.isoformat()}
     return Served(model, serving_forecast(model), tags, now), passed
 
 
@@ -90,7 +90,7 @@ def replay_one(args) -> tuple[Tally, Tally]:
     from shared.forecasting import models
     from shared.forecasting.metrics import seasonal_naive_scale
     from shared.forecasting.models import FittedModel
-    from shared.registry import Tags
+    from shared.version_tags import Tag
     from shared.training.per_isbn import serving_forecast
 
     cfg = load_settings(profile)
@@ -123,12 +123,12 @@ def replay_one(args) -> tuple[Tally, Tally]:
             if decision.action == REFRESH:
                 model = models.refresh(FittedModel.from_dict(champion.model), observed).to_dict()
                 measured = decision.inputs.get("degradation") or {}
-                tags = {**champion.tags, Tags.DATA_HASH: decision.inputs["data_hash"],
-                        Tags.UNSEEN_WEEKS: str(measured.get("unseen_weeks", 0)),
-                        Tags.UNSEEN_ABS_ERROR: str(measured.get("unseen_abs_error", 0.0))}
+                tags = {**champion.tags, Tag.DATA_HASH: decision.inputs["data_hash"],
+                        Tag.UNSEEN_WEEKS: str(measured.get("unseen_weeks", 0)),
+                        Tag.UNSEEN_ABS_ERROR: str(measured.get("unseen_abs_error", 0.0))}
                 champion = Served(model, serving_forecast(model), tags, champion.fitted_at)
             elif decision.action != SKIP:
-                trained, _ = _train(isbn, start, observed, cfg.training, cfg.gates, champion.tags["spec"], now)
+                trained, _ = _train(isbn, start, observed, cfg.training, cfg.gates, champion.tags[Tag.SPEC], now)
                 if trained is not None:
                     champion = trained
                 versions += 1

@@ -31,6 +31,9 @@ from rich.table import Table
 from bench.common import trigger_stack
 from shared.logs import configure
 from shared.topology import load as load_topology
+from shared.layout import Collection
+from shared.states import CauseStatus, IsbnStatus
+from shared.version_tags import Tag, VersionKind
 
 TARGETS = {"decisions_10k_s": 60.0, "first_champion_s": 120.0, "all_served_1k_min": 15.0, "projection_100k_h": 1.0}
 
@@ -75,17 +78,17 @@ class PeakMemory:
 def wait_accepted(store, correlation_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        causes = [c for c in store.stream("causes") if c.get("correlation_id") == correlation_id]
-        if causes and causes[0]["status"] != "deciding":
+        causes = [c for c in store.stream(Collection.CAUSES) if c.get("correlation_id") == correlation_id]
+        if causes and causes[0]["status"] != CauseStatus.DECIDING:
             return causes[0]
         time.sleep(0.2)
     raise TimeoutError(f"no decision for {correlation_id} within {timeout:.0f} s")
 
 
 def end_to_end(console: Console, isbns: int) -> dict:
-    from shared import shards
     from shared.gcs import storage_client
-    from shared.runstore import CHAMPIONS, TERMINAL, RunStore
+    from shared.runstore import RunStore
+    from shared.states import TERMINAL_RUN
     from shared.sales import to_csv
     from shared.sample_data import generate
 
@@ -102,11 +105,11 @@ def end_to_end(console: Console, isbns: int) -> dict:
             decided = time.monotonic() - t0
             first, served, polls = None, 0, 0
             while True:
-                served = sum(1 for _ in store.col(CHAMPIONS).select([]).stream())
+                served = sum(1 for _ in store.col(Collection.CHAMPIONS).select([]).stream())
                 if served and first is None:
                     first = time.monotonic() - t0
                 run = store.run(cause["run_id"], with_results=False)
-                if served >= isbns or (run and run["status"] in TERMINAL):
+                if served >= isbns or (run and run["status"] in TERMINAL_RUN):
                     break
                 polls += 1
                 if polls % 12 == 0:
@@ -114,9 +117,9 @@ def end_to_end(console: Console, isbns: int) -> dict:
                 time.sleep(5)
             last = time.monotonic() - t0
             run = store.run(cause["run_id"], with_results=False)
-        parts = shards.of_run(store, cause["run_id"])
-        failed = {isbn: r.get("reason", "") for isbn, r in shards.results(store, cause["run_id"]).items()
-                  if r.get("status") == "failed"}
+        parts = store.run_shards(cause["run_id"])
+        failed = {isbn: r.get("reason", "") for isbn, r in store.run_results(cause["run_id"]).items()
+                  if r.get("status") == IsbnStatus.FAILED}
         for isbn, reason in sorted(failed.items()):  # the stack and its logs go when the benchmark ends
             console.print(f"  failed: {isbn}: {reason}", highlight=False)
         return {"failed": failed, "isbns": isbns, "decided_s": decided, "first_champion_s": first, "last_champion_s": last,
@@ -151,7 +154,7 @@ def seed_served(cfg, store, frame, threads: int = 8) -> None:
         session.post(f"{api}/registered-models/create", json={"name": name}, timeout=30).raise_for_status()
         created = session.post(f"{api}/model-versions/create", json={
             "name": name, "source": f"runs:/{run_id}/serving", "run_id": run_id, "tags": [
-                {"key": "kind", "value": "baseline"}, {"key": "family", "value": "seasonal_naive"}]}, timeout=30)
+                {"key": Tag.KIND, "value": VersionKind.BASELINE}, {"key": Tag.FAMILY, "value": "seasonal_naive"}]}, timeout=30)
         if not created.ok:
             raise RuntimeError(f"MLflow refused a seeded version: {created.text[:300]}")
         version = created.json()["model_version"]
@@ -166,7 +169,7 @@ def seed_served(cfg, store, frame, threads: int = 8) -> None:
 def catalogue(console: Console, isbns: int) -> dict:
     from shared import export
     from shared.gcs import storage_client
-    from shared.runstore import DEGRADATION, RunStore
+    from shared.runstore import RunStore
     from shared.sample_data import generate
 
     # The development profile's shard size: the run is planned into replicas as production plans it.
@@ -193,7 +196,7 @@ def catalogue(console: Console, isbns: int) -> dict:
         ticks, recorded = [], 0
         while recorded < isbns and len(ticks) < 10:
             ticks.append(monitor_tick(cfg, store, len(ticks)))
-            recorded = sum(1 for _ in store.col(DEGRADATION).select([]).stream())
+            recorded = sum(1 for _ in store.col(Collection.DEGRADATION).select([]).stream())
         ticks.append(monitor_tick(cfg, store, len(ticks)))
         console.print(f"  monitor ticks: {', '.join(f'{t:.1f} s' for t in ticks)}")
         t3 = time.monotonic()

@@ -22,7 +22,8 @@ from rich.table import Table
 from shared.logs import configure
 
 from shared.config import load_settings
-from shared.forecasting.metrics import SEASON, accuracy
+from shared.forecasting.metrics import accuracy
+from shared.forecasting.models import SEASON
 from shared.forecasting.models import seasonal_naive
 from shared.sample_data import generate
 from shared.training.per_isbn import holdout_size

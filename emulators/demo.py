@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from emulators.stack import ROOT, Stack
+from shared.layout import Collection
+from shared.states import TERMINAL_RUN, CauseStatus
 
 SAMPLE = ROOT / "data" / "sample_sales.csv"
 
@@ -67,14 +69,14 @@ def wait_for_run(store, correlation_id: str, follower: LogFollower, timeout: flo
     while time.monotonic() < deadline:
         follower.poll()
         recorded = store.by_correlation(correlation_id)
-        if not recorded["causes"] and time.monotonic() - started > decision_timeout:
+        if not recorded[Collection.CAUSES] and time.monotonic() - started > decision_timeout:
             raise NoDecision(f"no decision was recorded for {correlation_id} within {decision_timeout:.0f} s")
-        if any(c["status"] == "rejected" or c.get("run_id") is None for c in recorded["causes"]):
+        if any(c["status"] == CauseStatus.REJECTED or c.get("run_id") is None for c in recorded[Collection.CAUSES]):
             time.sleep(1.0)
             follower.poll()
             return None  # decided, and nothing to train (or rejected)
-        runs = recorded["runs"]
-        if runs and all(r["status"] in ("succeeded", "failed", "quarantined") for r in runs):
+        runs = recorded[Collection.RUNS]
+        if runs and all(r["status"] in TERMINAL_RUN for r in runs):
             time.sleep(1.0)
             follower.poll()
             return runs[0]

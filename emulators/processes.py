@@ -113,7 +113,7 @@ def stop(process: Process, grace: float = 10.0) -> None:
 
 
 def stop_workers(state_dir: Path) -> list[str]:
-    """Stop the local training jobs still registered (shared.launch.worker_file): each gets
+    """Stop the local training jobs still registered (shared.lifecycle.launch.worker_file): each gets
     SIGTERM, marks its run cancelled and releases its leases, while Firestore is still up."""
     stopped = []
     for registered in sorted((Path(state_dir) / "workers").glob("*.json")):

@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.logs import get_logger
 from shared.runstore import RunStore, now
 from shared.text import clip, one_line, slack_escaped
+from shared.layout import Collection
 
 log = get_logger(__name__)
 CRITICAL, WARNING, INFO = "critical", "warning", "info"
@@ -36,7 +37,6 @@ MAX_DETAIL_BYTES = 3000  # Slack truncates long messages; the full story is in t
 MAX_LISTED = 5  # per condition in a digest; every alert is also logged on its own
 CLAIM_BATCH = 100  # alerts claimed per transaction: a tick over a catalogue stays a few commits
 NEVER = datetime(1970, 1, 1, tzinfo=timezone.utc)
-ALERTS, COUNTS = "alerts", "alert_counts"
 SENT, MESSAGES, SUPPRESSED, RESOLVED, UNDELIVERED = "sent", "messages", "suppressed", "resolved", "undelivered"
 OPEN, PENDING, LAST_SENT_AT = "open", "pending", "last_sent_at"  # fields of an alert's document
 
@@ -142,7 +142,7 @@ def claim(store: RunStore, alerts: list[Alert], window_minutes: int) -> list[Ale
         chunk = unique[start:start + CLAIM_BATCH]
 
         def work(transaction, chunk=chunk) -> list[Alert]:
-            refs = {a.key: store.col(ALERTS).document(a.doc_id) for a in chunk}
+            refs = {a.key: store.col(Collection.ALERTS).document(a.doc_id) for a in chunk}
             states = store.read_many(transaction, refs)
             at, fresh = now(), []
             for alert in chunk:
@@ -186,7 +186,7 @@ def close(store: RunStore, keys: set[str]) -> list[dict]:
     ordered, closed = sorted(keys), []
     for start in range(0, len(ordered), CLAIM_BATCH):
         def work(transaction, chunk=ordered[start:start + CLAIM_BATCH]) -> list[dict]:
-            refs = {key: store.col(ALERTS).document(doc_id(key)) for key in chunk}
+            refs = {key: store.col(Collection.ALERTS).document(doc_id(key)) for key in chunk}
             states = [s for s in store.read_many(transaction, refs).values() if s and s.get(OPEN)]
             for state in states:
                 transaction.update(refs[state["key"]], {OPEN: False, "resolved_at": firestore.SERVER_TIMESTAMP})
@@ -207,14 +207,14 @@ def update_all(store: RunStore, updates: dict[str, dict]) -> None:
     for start in range(0, len(items), CLAIM_BATCH):
         batch = store.db.batch()
         for key, fields in items[start:start + CLAIM_BATCH]:
-            batch.update(store.col(ALERTS).document(doc_id(key)), fields)
+            batch.update(store.col(Collection.ALERTS).document(doc_id(key)), fields)
         batch.commit()
 
 
 def open_keys(store: RunStore) -> set[str]:
     from google.cloud import firestore
 
-    query = store.col(ALERTS).where(filter=firestore.FieldFilter(OPEN, "==", True)).select(["key"])
+    query = store.col(Collection.ALERTS).where(filter=firestore.FieldFilter(OPEN, "==", True)).select(["key"])
     return {snap.get("key") for snap in query.stream()}
 
 
@@ -222,7 +222,7 @@ def pending(store: RunStore) -> list[Alert]:
     """Event alerts that reached nobody, to be sent again."""
     from google.cloud import firestore
 
-    query = store.col(ALERTS).where(filter=firestore.FieldFilter(PENDING, "==", True))
+    query = store.col(Collection.ALERTS).where(filter=firestore.FieldFilter(PENDING, "==", True))
     return [Alert(s["key"], s["severity"], s["title"], s["detail"], s.get("correlation_id"))
             for s in (snap.to_dict() for snap in query.stream())]
 
@@ -235,7 +235,7 @@ def count(store: RunStore, **increments: int) -> None:
     from google.cloud import firestore
 
     if any(increments.values()):
-        store.col(COUNTS).document(hour_id(now())).set(
+        store.col(Collection.ALERT_COUNTS).document(hour_id(now())).set(
             {"hour": hour_id(now()), **{k: firestore.Increment(v) for k, v in increments.items() if v}}, merge=True)
 
 
@@ -246,7 +246,7 @@ def counts(store: RunStore, since: datetime, until: datetime) -> dict[str, int]:
         hours.append(hour_id(at))
         at += timedelta(hours=1)
     totals = dict.fromkeys((SENT, MESSAGES, SUPPRESSED, RESOLVED, UNDELIVERED), 0)
-    found = store.read_many(None, {h: store.col(COUNTS).document(h) for h in hours})
+    found = store.read_many(None, {h: store.col(Collection.ALERT_COUNTS).document(h) for h in hours})
     for bucket in filter(None, found.values()):
         for name in totals:
             totals[name] += int(bucket.get(name, 0))

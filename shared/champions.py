@@ -21,6 +21,8 @@ from google.api_core.exceptions import GoogleAPIError
 from shared import model_store
 from shared.config import Settings
 from shared.logs import get_logger
+from shared.states import AliasMove
+from shared.version_tags import VersionTags
 
 log = get_logger(__name__)
 
@@ -48,16 +50,10 @@ def replaced_version(history: list[dict], version: str) -> str | None:
     for move in reversed(history):
         if move["to_version"] != version:
             continue
-        if move["action"] != "refresh":
-            return move["from_version"] if move["action"] == "promote" else None
+        if move["action"] != AliasMove.REFRESH:
+            return move["from_version"] if move["action"] == AliasMove.PROMOTE else None
         version = move["from_version"]
     return None
-
-
-def holdout_metrics(tags: dict[str, str]) -> dict[str, float]:
-    from shared.forecasting.gates import TAG_PREFIX
-
-    return {k[len(TAG_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
 
 
 def lineage(cfg: Settings, store, isbn: str, version: str) -> dict:
@@ -66,7 +62,7 @@ def lineage(cfg: Settings, store, isbn: str, version: str) -> dict:
     history = [m for m in store.alias_history(isbn) if m.get("alias") == cfg.serving.alias]
     replaced = replaced_version(history, version)
     before = model_store.version_tags(cfg, isbn, replaced) if replaced else None
-    return {"of": version, "version": replaced, "metrics": holdout_metrics(before) if before else {}}
+    return {"of": version, "version": replaced, "metrics": VersionTags(before).metrics if before else {}}
 
 
 def lineages(cfg: Settings, store, versions: dict[str, str], deadline: float | None = None) -> dict[str, dict]:
@@ -74,9 +70,9 @@ def lineages(cfg: Settings, store, versions: dict[str, str], deadline: float | N
     reads of one field. An entry without it (indexed before lineage was kept, or its
     lineage failed) has it worked out and kept, on 8 threads until ``deadline``
     (time.monotonic()); ISBNs left out then are unknown until a later call."""
-    from shared.runstore import CHAMPIONS
+    from shared.layout import Collection
 
-    entries = store.read_batched(CHAMPIONS, sorted(versions), field_paths=[LINEAGE])
+    entries = store.read_batched(Collection.CHAMPIONS, sorted(versions), field_paths=[LINEAGE])
     found = {isbn: entries[isbn][LINEAGE] for isbn, version in versions.items()
              if (entries.get(isbn) or {}).get(LINEAGE, {}).get("of") == version}
     missing = sorted(set(versions) - set(found))
@@ -86,7 +82,7 @@ def lineages(cfg: Settings, store, versions: dict[str, str], deadline: float | N
             return None
         try:
             worked = lineage(cfg, store, isbn, versions[isbn])
-            store.col(CHAMPIONS).document(isbn).update({LINEAGE: worked})  # "of" guards a newer entry
+            store.col(Collection.CHAMPIONS).document(isbn).update({LINEAGE: worked})  # "of" guards a newer entry
         except (GoogleAPIError, model_store.RegistryUnavailable, requests.RequestException) as error:
             log.warning("lineage of %s v%s not worked out: %s", isbn, versions[isbn], error, extra={"isbn": isbn})
             return None  # unknown: a later call tries again
@@ -138,10 +134,10 @@ def summaries(store, tags: list[str]) -> dict[str, tuple]:
     data end was kept as a field has it read from its forecast, in one batched read."""
     from google.cloud.firestore_v1.field_path import FieldPath
 
-    from shared.runstore import CHAMPIONS
+    from shared.layout import Collection
 
     fields = SUMMARY_FIELDS + [FieldPath("tags", tag).to_api_repr() for tag in tags]
-    entries = {snap.id: snap.to_dict() for snap in store.col(CHAMPIONS).select(fields).stream()}
+    entries = {snap.id: snap.to_dict() for snap in store.col(Collection.CHAMPIONS).select(fields).stream()}
     older = [isbn for isbn, entry in entries.items() if "data_end" not in entry]
     for isbn, entry in store.champions(older).items():
         forecast = json.loads(entry["forecast"])

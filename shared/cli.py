@@ -14,10 +14,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from shared.causes import CauseKind
 from shared.config import load_settings
-from shared.runstore import RUN_STATES
+from shared.layout import Collection
 from shared.logs import configure
 from shared.reachability import Unreachable, require
+from shared.states import CauseStatus, IsbnStatus, ReleaseStatus, RunStatus
 from shared.text import shortened
 
 # Piped output keeps full-width tables rather than rich's 80-column default.
@@ -43,7 +45,7 @@ def _store(cfg):
 
 def cmd_train(args, cfg) -> int:
     from shared.jobs import decided, decided_from_files, prepare_run
-    from shared.launch import launcher_for
+    from shared.lifecycle.launch import launcher_for
     from shared.sales import UploadRejected, UploadRules
     from shared.training.worker import execute
 
@@ -79,7 +81,7 @@ def cmd_train(args, cfg) -> int:
     summary = execute(request.model_dump(mode="json"))
     _results_table(summary["results"])
     console.print(f"run {run_id}: [bold]{summary['status']}[/]")
-    return 0 if summary["status"] != "failed" else 1
+    return 0 if summary["status"] != RunStatus.FAILED else 1
 
 
 def cmd_request(args, cfg) -> int:
@@ -107,7 +109,7 @@ def _wait_for_outcome(args, cfg, correlation_id: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, \
         TimeElapsedColumn, TimeRemainingColumn
 
-    from shared.runstore import TERMINAL
+    from shared.states import TERMINAL_RUN
 
     store = _store(cfg)
     deadline = time.monotonic() + args.timeout
@@ -118,13 +120,13 @@ def _wait_for_outcome(args, cfg, correlation_id: str) -> int:
         task = progress.add_task("waiting for trigger-training to decide", total=None)
         while True:
             found = store.by_correlation(correlation_id)
-            causes, runs = found["causes"], found["runs"]
-            decided = [c for c in causes if c["status"] != "deciding"]
-            if decided and (decided[0].get("run_id") is None or (runs and all(r["status"] in TERMINAL for r in runs))):
+            causes, runs = found[Collection.CAUSES], found[Collection.RUNS]
+            decided = [c for c in causes if c["status"] != CauseStatus.DECIDING]
+            if decided and (decided[0].get("run_id") is None or (runs and all(r["status"] in TERMINAL_RUN for r in runs))):
                 break
             if runs:
                 run = runs[0]
-                moved = {m["isbn"] for m in found["alias_history"]}
+                moved = {m["isbn"] for m in found[Collection.ALIAS_HISTORY]}
                 progress.update(task, description=f"run {run['run_id']} {run['status']}", total=len(run["isbns"]),
                                 completed=len(moved))
             if time.monotonic() > deadline:
@@ -133,20 +135,20 @@ def _wait_for_outcome(args, cfg, correlation_id: str) -> int:
                 return EXIT_TIMEOUT
             time.sleep(1.0)
     cause = decided[0]
-    if cause["status"] == "rejected":
+    if cause["status"] == CauseStatus.REJECTED:
         stderr.print(f"[red]request rejected:[/] {'; '.join(cause.get('reasons') or [])}")
         return 1
-    decisions = sorted(found["decisions"], key=lambda d: d["isbn"])
+    decisions = sorted(found[Collection.DECISIONS], key=lambda d: d["isbn"])
     run = store.run(runs[0]["run_id"]) if runs else None  # with its results, gathered from its shards
     rows = [{"isbn": d["isbn"], "action": d["action"], "reasons": d["reasons"],
              **_result_columns(((run or {}).get("results") or {}).get(d["isbn"]))} for d in decisions]
     emit(args, f"outcome of {correlation_id}" + (f": run {run['run_id']} {run['status']}" if run else
                                                  ": nothing to train"), rows, {**RESULT_CELLS, "reasons": "; ".join})
-    return 1 if run and run["status"] == "failed" else 0
+    return 1 if run and run["status"] == RunStatus.FAILED else 0
 
 
-RESULT_COLOURS = {"promoted": "green", "baseline": "yellow", "quarantined": "magenta", "failed": "red",
-                  "refused": "red"}
+RESULT_COLOURS = {IsbnStatus.PROMOTED: "green", IsbnStatus.CHALLENGER: "cyan", IsbnStatus.BASELINE: "yellow",
+                  IsbnStatus.QUARANTINED: "magenta", IsbnStatus.FAILED: "red", IsbnStatus.REFUSED: "red"}
 
 
 def _result_columns(result: dict | None) -> dict:
@@ -218,8 +220,6 @@ def cmd_runs(args, cfg) -> int:
 
 
 def cmd_run(args, cfg) -> int:
-    from shared import shards
-
     store = _store(cfg)
     run = store.run(args.run_id)
     if not run:
@@ -238,7 +238,7 @@ def cmd_run(args, cfg) -> int:
         for name, value in fields.items():
             if value is not None:
                 console.print(f"  {name:<16}{_cell(value)}", highlight=False)
-        for shard in shards.of_run(store, run["run_id"]):
+        for shard in store.run_shards(run["run_id"]):
             done = sum(1 for _ in shard.get("results") or {})
             console.print(f"  shard {shard['index']:<10}{shard['status']}, {done} of {len(shard['isbns'])} ISBNs reported"
                           + (f", {shard['compute_seconds']} CPU s" if shard.get("compute_seconds") else "")
@@ -250,8 +250,8 @@ def cmd_run(args, cfg) -> int:
 
 
 def cmd_cancel(args, cfg) -> int:
-    from shared import shards
-    from shared.launch import launcher_for
+    from shared.lifecycle import shards
+    from shared.lifecycle.launch import launcher_for
 
     store = _store(cfg)
     run = store.run(args.run_id, with_results=False)
@@ -324,7 +324,7 @@ def _progress(transient: bool = False):
 
 
 def cmd_uploads(args, cfg) -> int:
-    causes = sorted((c for c in _store(cfg).stream("causes") if c.get("kind") == "upload"),
+    causes = sorted((c for c in _store(cfg).stream(Collection.CAUSES) if c.get("kind") == CauseKind.UPLOAD),
                     key=lambda c: c["received_at"], reverse=True)[: args.limit]
     rows = [{"received": c["received_at"], "object": c["object"], "generation": c["generation"], "status": c["status"],
              "decisions": {a: n for a, n in (c.get("summary") or {}).items() if n}, "reasons": c.get("reasons") or [],
@@ -557,7 +557,7 @@ def cmd_promote(args, cfg) -> int:
         print(f"bookcast promote: {error}", file=sys.stderr)
         return 2
     emit(args, f"promoted from {args.source} to {args.target}", results)
-    return 0 if all(r["status"] != "failed" for r in results) else 1
+    return 0 if all(r["status"] != ReleaseStatus.FAILED for r in results) else 1
 
 
 def isbn_argument(raw: str) -> str:
@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     _formats(request)
     request.set_defaults(handler=cmd_request, needs=("pubsub", "firestore"))
     runs = sub.add_parser("runs", help="list training runs")
-    runs.add_argument("--status", choices=RUN_STATES, help="only runs in this state")
+    runs.add_argument("--status", choices=tuple(RunStatus), help="only runs in this state")
     runs.add_argument("--limit", type=int, default=30, help="newest first, at most this many")
     _formats(runs)
     runs.set_defaults(handler=cmd_runs, needs=("firestore",))

@@ -25,7 +25,7 @@ class TrainingSettings(BaseModel):
     workers: int = Field(0, ge=0, description="processes for per-ISBN training; 0 = all cores")
     lease_ttl_seconds: int = Field(1800, ge=10)
     isbns_per_shard: int = Field(250, ge=1, description="a run is split into shards of about this many ISBNs, each "
-                                                        "trained by its own worker (shared/shards.py)")
+                                                        "trained by its own worker (shared/lifecycle/shards.py)")
     local_shards: int = Field(0, ge=0, description="most shard workers of a local run; 0 = one per core")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 

@@ -10,7 +10,7 @@ import numpy as np
 from shared.config import DecisionSettings
 from shared.forecasting.serving import from_artifact
 from shared.model_store import AliasTarget
-from shared.registry import Tags
+from shared.version_tags import Tag, VersionKind
 from shared.sales import series_hash
 
 
@@ -28,10 +28,10 @@ class Decision:
 def degradation(weeks: dict[str, int], champion: AliasTarget, forecast: dict) -> dict | None:
     """The served model's error on weeks it never saw, accumulated since its parameters were
     fitted (each refresh carries the running totals in its tags), against its holdout error."""
-    data_end = forecast.get("data_end") or champion.tags.get("train_window_end")
+    data_end = forecast.get("data_end") or champion.tags.get(Tag.TRAIN_WINDOW_END)
     unseen = sorted(w for w in weeks if w > data_end)
-    carried_weeks = int(champion.tags.get(Tags.UNSEEN_WEEKS, 0))
-    carried_error = float(champion.tags.get(Tags.UNSEEN_ABS_ERROR, 0.0))
+    carried_weeks = int(champion.tags.get(Tag.UNSEEN_WEEKS, 0))
+    carried_error = float(champion.tags.get(Tag.UNSEEN_ABS_ERROR, 0.0))
     if champion.holdout_mae is None:
         return None
     forecast_weeks, mean, _, _ = from_artifact(forecast, len(forecast["mean"]), 0.8)
@@ -50,7 +50,7 @@ def degradation(weeks: dict[str, int], champion: AliasTarget, forecast: dict) ->
 def parameter_age_days(tags: dict, created_at: datetime, now: datetime) -> float:
     """How old a version's parameters are: since they were estimated (``fitted_at``, which
     refreshes carry over), not since the version was registered."""
-    fitted_at = tags.get(Tags.FITTED_AT)
+    fitted_at = tags.get(Tag.FITTED_AT)
     return (now - (datetime.fromisoformat(fitted_at) if fitted_at else created_at)).total_seconds() / 86400
 
 
@@ -68,16 +68,16 @@ def decide(isbn: str, weeks: dict[str, int], champion: AliasTarget | None, forec
     if champion is None:
         reasons.append("no model yet")
         return Decision(isbn, TRAIN, reasons, inputs)
-    data_end = (forecast or {}).get("data_end") or champion.tags.get("train_window_end", "")
+    data_end = (forecast or {}).get("data_end") or champion.tags.get(Tag.TRAIN_WINDOW_END, "")
     age_days = parameter_age_days(champion.tags, champion.created_at, now)
-    inputs.update({"champion_version": champion.version, "champion_data_hash": champion.tags.get("data_hash"),
+    inputs.update({"champion_version": champion.version, "champion_data_hash": champion.tags.get(Tag.DATA_HASH),
                    "champion_data_end": data_end, "champion_age_days": round(age_days, 2),
-                   "champion_kind": champion.tags.get("kind", "candidate")})
+                   "champion_kind": champion.tags.get(Tag.KIND, VersionKind.CANDIDATE)})
     new_weeks = sum(w > data_end for w in weeks)
     appended = False
-    if champion.tags.get("data_hash") != data_hash:
+    if champion.tags.get(Tag.DATA_HASH) != data_hash:
         conditioned = {w: u for w, u in weeks.items() if w <= data_end}
-        appended = bool(new_weeks) and series_hash(conditioned) == champion.tags.get("data_hash")
+        appended = bool(new_weeks) and series_hash(conditioned) == champion.tags.get(Tag.DATA_HASH)
         if not appended:
             reasons.append(f"history revised since v{champion.version} (its data up to {data_end} changed)")
     if age_days > policy.max_model_age_days:

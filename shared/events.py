@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.states import AliasMove, IsbnStatus, RunEvent
+
 SCHEMA_VERSION = "1"
 
 
@@ -62,7 +64,7 @@ class TrainingRequest(Event):
 class IsbnResult(BaseModel):
     isbn: str
     # challenger: passed the gates but risky (shared/promotion.py): on trial, the champion serves
-    status: Literal["promoted", "challenger", "quarantined", "baseline", "refused", "failed"]
+    status: IsbnStatus
     version: str | None = None
     mlflow_run_id: str | None = None
     reason: str = ""
@@ -73,12 +75,12 @@ class IsbnResult(BaseModel):
 class TrainingEvent(Event):
     event_type: Literal["training.status"] = "training.status"
     run_id: str
-    status: Literal["queued", "started", "succeeded", "failed", "quarantined", "cancelled"]
+    status: RunEvent
     isbns: list[str]
     launcher: str = "local"
     reason: str = ""
     results: list[IsbnResult] = []
-    shard: str = Field("", description="which shard this is about (shared/shards.label); empty: the whole run")
+    shard: str = Field("", description="which shard this is about (shared/lifecycle/shards.label); empty: the whole run")
 
 
 class ModelChange(Event):
@@ -86,7 +88,7 @@ class ModelChange(Event):
     isbn: str
     model_name: str
     alias: str
-    action: Literal["promote", "rollback", "baseline", "refresh", "refit", "revert", "challenge", "retire"]
+    action: AliasMove
     from_version: str | None
     to_version: str
     reason: str = ""
@@ -237,19 +239,6 @@ class PubSubMessage(BaseModel):
 
     def event(self) -> Event:
         return _OUR_EVENT.validate_python(self.payload())
-
-
-def encode(event: Event) -> tuple[bytes, dict[str, str]]:
-    from shared.signing import SIGNATURE, signature
-
-    data = event.model_dump_json().encode()
-    attributes = {
-        "event_type": event.event_type,  # type: ignore[attr-defined]
-        "schema_version": event.schema_version,
-        "correlation_id": event.correlation_id,
-        SIGNATURE: signature(event.event_type, data),  # type: ignore[attr-defined]
-    }
-    return data, attributes
 
 
 def receive(cloud_event: Any, logger: Any) -> PubSubMessage:

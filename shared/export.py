@@ -17,10 +17,10 @@ import pandas as pd
 from shared.config import Settings
 from shared.forecasting.serving import from_artifact, serving_problems
 from shared.logs import get_logger
+from shared.version_tags import LINEAGE
 
 log = get_logger(__name__)
 EXPORT_PREFIX = "forecasts/"
-LINEAGE_TAGS = ("family", "kind", "refreshes", "data_hash", "fitted_at", "pipeline_run_id", "code_version")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def forecast_table(served: dict[str, tuple], horizon: int, level: float, exporte
     rows = []
     for isbn, (target, forecast) in served.items():
         weeks, mean, lower, upper = from_artifact(forecast, horizon, level)
-        lineage = {f"model_{t}": target.tags.get(t, "") for t in LINEAGE_TAGS}
+        lineage = {f"model_{t}": target.tags.get(t, "") for t in LINEAGE}
         for week, m, lo, hi in zip(weeks, mean, lower, upper):
             rows.append({"isbn": isbn, "week": week, "mean": round(float(m), 3), "lower": round(float(lo), 3),
                          "upper": round(float(hi), 3), "interval": level, "model_version": target.version,

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 from shared.config import Settings
 from shared.events import MessageRejected, PubSubMessage, Topics
 from shared.text import clip
+from shared.layout import Collection
 
-REJECTIONS = "rejections"
 MAX_REASON_BYTES = 16_000  # with the attributes, far below Firestore's 1 MiB per document
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -52,7 +52,7 @@ def record(cfg: Settings, function: str, message: PubSubMessage, failure: Perman
     from shared.runstore import RunStore, now
 
     store = store or RunStore(cfg)
-    ref = store.col(REJECTIONS).document(message.delivery_key)
+    ref = store.col(Collection.REJECTIONS).document(message.delivery_key)
     attributes = {clip(k, 256): clip(v, 1024) for k, v in list(message.attributes.items())[:50]}
     try:
         ref.create({"function": function, "topic": message.topic, "message_id": message.message_id,

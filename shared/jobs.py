@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared import sales
 from shared.config import Settings
+from shared.layout import Collection
 
-SNAPSHOTS = "snapshots"
 # ISBNs per snapshot document: at most ~2,900 weeks each (sales.FIRST_WEEK), ~25 KB as
 # Firestore stores them, so a document stays far below 1 MiB.
 SNAPSHOT_ISBNS = 8
@@ -66,7 +66,7 @@ class TrainingJob(BaseModel):
     snapshot: list[str] = Field(description="the snapshot documents holding those series")
     refreshes: dict[str, Refresh] = Field(default_factory=dict, description="ISBNs to refresh rather than retrain")
     settings: dict[str, Any]
-    shards: int = Field(1, ge=1, description="workers the run is split into (shared/shards.py)")
+    shards: int = Field(1, ge=1, description="workers the run is split into (shared/lifecycle/shards.py)")
     shard: int | None = Field(None, ge=0, description="set on the part one worker trains")
 
     @property
@@ -111,7 +111,7 @@ def write_snapshot(store, run_id: str, series: dict[str, DecidedSeries]) -> list
     for part, start in enumerate(range(0, len(isbns), SNAPSHOT_ISBNS)):
         chunk = {i: series[i] for i in isbns[start:start + SNAPSHOT_ISBNS]}
         ids.append(snapshot_id(run_id, part))
-        store.col(SNAPSHOTS).document(ids[-1]).create(snapshot_document(run_id, chunk))
+        store.col(Collection.SNAPSHOTS).document(ids[-1]).create(snapshot_document(run_id, chunk))
     return ids
 
 
@@ -121,7 +121,7 @@ SNAPSHOT_BATCH = 100  # documents per batched read: each holds up to a group's p
 def read_snapshot(store, job: TrainingJob) -> dict[str, dict]:
     """The stored series of the job's ISBNs (a shard's among a catalogue's), as stored."""
     wanted = set(job.data_hashes)
-    return {isbn: series for document in store.read_batched(SNAPSHOTS, job.snapshot, batch=SNAPSHOT_BATCH).values()
+    return {isbn: series for document in store.read_batched(Collection.SNAPSHOTS, job.snapshot, batch=SNAPSHOT_BATCH).values()
             for isbn, series in snapshot_series(document).items() if isbn in wanted}
 
 
@@ -189,7 +189,7 @@ def prepare_run(cfg: Settings, store, series: dict[str, DecidedSeries], cause: d
                 launcher: str) -> TrainingJob:
     """A run for series decided by hand (`bookcast train`): snapshot, run record, one shard
     (trained here, in the foreground), request."""
-    from shared import shards
+    from shared.lifecycle import shards
 
     run_id = store.create_run(sorted(series), cause, correlation_id, launcher,
                               data_hashes={i: s.data_hash for i, s in series.items()})

@@ -13,6 +13,7 @@ import requests
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.config import Settings
+from shared.version_tags import Tag, metric_tag
 
 
 class RegistryUnavailable(RuntimeError):
@@ -31,7 +32,7 @@ class AliasTarget:
 
     @property
     def holdout_mae(self) -> float | None:
-        value = self.tags.get("metric.mae")
+        value = self.tags.get(metric_tag("mae"))
         return float(value) if value else None
 
 
@@ -110,7 +111,7 @@ def newest_quarantined(cfg: Settings) -> dict[str, str]:
     found: dict[str, str] = {}
     token = None
     while True:
-        params = {"filter": f"name LIKE '{cfg.model_name_prefix}%' AND tags.quarantined = 'true'",
+        params = {"filter": f"name LIKE '{cfg.model_name_prefix}%' AND tags.{Tag.QUARANTINED} = 'true'",
                   "max_results": 1000, **({"page_token": token} if token else {})}
         response = _get(cfg, "/api/2.0/mlflow/model-versions/search", params, timeout=10.0)
         if not response.ok:

@@ -21,14 +21,17 @@ from datetime import datetime, timedelta, timezone
 import requests
 from google.api_core.exceptions import AlreadyExists, GoogleAPIError
 
-from shared import alerting, leases, model_store
+from shared import alerting, model_store
 from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
 from shared.config import Settings
 from shared.events import MessageRejected, PubSubMessage, ScheduleTick, Topics
 from shared.failures import PermanentFailure, parse
+from shared.layout import Collection
 from shared.logs import get_logger
 from shared.model_store import AliasTarget
 from shared.runstore import RunStore, now, unpack_isbns
+from shared.states import UNTRAINED, IsbnStatus, RunEvent, RunStatus
+from shared.version_tags import Tag, VersionTags
 
 log = get_logger(__name__)
 TICK = "schedule.tick"
@@ -36,7 +39,6 @@ EXPORT_JOB = "forecast-export"  # the scheduler job whose tick writes the weekly
 REPLAY_JOB = "replay-dead-letters"  # the reconcile tick a dead-lettered upload asks for
 DEAD_LETTER_SOURCE = "CloudPubSubDeadLetterSourceSubscription"  # set by Pub/Sub on a dead-lettered message
 DAY = timedelta(days=1)
-FAILED_ISBN_STATUSES = ("failed", "refused")
 MAX_FAILED_RUNS_LISTED = 5
 
 MLFLOW_DOWN = Condition("health:mlflow", CRITICAL, "", "MLflow is reachable again")
@@ -93,15 +95,15 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
     kind = message.attributes.get("event_type")
     if kind == "training.status" and event.get("shard"):
         # Each shard reports its own results; the run's closing event only sums them up.
-        failed = [r for r in event.get("results", []) if r["status"] in FAILED_ISBN_STATUSES]
+        failed = [r for r in event.get("results", []) if r["status"] in UNTRAINED]
         part = f"Training run {event['run_id']} shard {event['shard']}"
-        if event.get("status") in ("failed", "quarantined"):
-            severity = CRITICAL if event["status"] == "failed" else WARNING
+        if event.get("status") in (RunEvent.FAILED, RunEvent.QUARANTINED):
+            severity = CRITICAL if event["status"] == RunEvent.FAILED else WARNING
             lines = [f"{r['isbn']}: {r['status']} {r.get('reason', '')}" for r in event.get("results", [])
-                     if r["status"] != "promoted"]
+                     if r["status"] != IsbnStatus.PROMOTED]
             return [Alert(f"run:{event['run_id']}:{event['shard']}:{event['status']}", severity,
                           f"{part} {event['status']}", "\n".join([event.get("reason", "")] + lines).strip(), cid)]
-        if event.get("status") == "succeeded" and failed:
+        if event.get("status") == RunEvent.SUCCEEDED and failed:
             # A shard succeeds when any ISBN is servable; the ones that failed still need eyes.
             return [Alert(f"run:{event['run_id']}:{event['shard']}:partial", WARNING,
                           f"{part}: {len(failed)} ISBN(s) not trained",
@@ -128,10 +130,8 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
 
 # --- model conditions -----------------------------------------------------------------------
 def staleness(cfg: Settings, target: AliasTarget) -> tuple[str, str] | None:
-    from shared.registry import Tags
-
     # A refresh is a new version with the old parameters: their age is what decisions judge.
-    fitted_at = target.tags.get(Tags.FITTED_AT)
+    fitted_at = target.tags.get(Tag.FITTED_AT)
     age = (now() - (datetime.fromisoformat(fitted_at) if fitted_at else target.created_at)).days
     if age <= cfg.decision.max_model_age_days:
         return None
@@ -140,7 +140,7 @@ def staleness(cfg: Settings, target: AliasTarget) -> tuple[str, str] | None:
 
 
 def is_baseline(target: AliasTarget) -> bool:
-    return target.tags.get("baseline") == "true"
+    return VersionTags(target.tags).is_baseline
 
 
 def threshold_breaches(cfg: Settings, target: AliasTarget) -> tuple[str, str] | None:
@@ -171,10 +171,8 @@ def metric_increases(after: dict[str, float], before: dict[str, float], cfg: Set
 
 def worsening(cfg: Settings, target: AliasTarget, lineage: dict) -> tuple[str, str] | None:
     """The served version against the champion it replaced (champions.lineage)."""
-    from shared.champions import holdout_metrics
-
     replaced = lineage.get("version")
-    increases = metric_increases(holdout_metrics(target.tags), lineage["metrics"], cfg) \
+    increases = metric_increases(VersionTags(target.tags).metrics, lineage["metrics"], cfg) \
         if replaced and lineage.get("metrics") else []
     if not increases:
         return None
@@ -210,7 +208,7 @@ def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_t
     found.check(UNSERVED, isbn, None)
     found.check(STALE, isbn, staleness(cfg, target))
     found.check(BASELINE, isbn, (f"{isbn} is served by a fallback",
-                                 f"v{target.version} ({target.tags.get('family', 'seasonal_naive')}): no tuned candidate "
+                                 f"v{target.version} ({VersionTags(target.tags).family}): no tuned candidate "
                                  "has passed the quality gates yet")
                 if is_baseline(target) else None)
     found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))
@@ -233,14 +231,12 @@ def latest_degradation(store: RunStore, isbns: list[str], deadline: float) -> di
     measured something, and kept; if that misses ``deadline``, they are unknown this tick."""
     from google.cloud import firestore
 
-    from shared.runstore import DEGRADATION
-
-    measures = store.read_batched(DEGRADATION, isbns)
+    measures = store.read_batched(Collection.DEGRADATION, isbns)
     missing = set(isbns) - set(measures)
     if not missing or time.monotonic() > deadline:
         return measures
     try:
-        query = (store.col("decisions").where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">=", 0))
+        query = (store.col(Collection.DECISIONS).where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">=", 0))
                  .select(["isbn", "decision_id", "decided_at", "inputs.champion_version", "inputs.degradation"]))
         latest: dict[str, dict] = {}
         for decision in (snap.to_dict() for snap in query.stream()):
@@ -254,7 +250,7 @@ def latest_degradation(store: RunStore, isbns: list[str], deadline: float) -> di
                      "measured": latest[isbn]["inputs"]["degradation"], "decided_at": latest[isbn]["decided_at"],
                      "decision_id": latest[isbn]["decision_id"]} if isbn in latest else
               {"version": None, "measured": None, "decided_at": now(), "decision_id": None} for isbn in missing}
-    keep(store, DEGRADATION, worked)
+    keep(store, Collection.DEGRADATION, worked)
     return {**measures, **worked}
 
 
@@ -278,7 +274,7 @@ def keep(store: RunStore, collection: str, docs: dict[str, dict]) -> None:
 
 def in_first_training(store: RunStore) -> set[str]:
     """ISBNs with a live lease; for one without a champion, that is its first training."""
-    return {lease["isbn"] for lease in store.stream(leases.COLLECTION) if lease["expires_at"] > now()}
+    return {lease["isbn"] for lease in store.stream(Collection.LEASES) if lease["expires_at"] > now()}
 
 
 def survey_models(cfg: Settings, store: RunStore) -> tuple[Findings, Fleet]:
@@ -323,13 +319,13 @@ def failed_run_alerts(cfg: Settings, store: RunStore) -> list[Alert]:
     since = now() - timedelta(hours=cfg.alerts.failed_run_lookback_hours)
     return [Alert(f"run:{r['run_id']}:failed", CRITICAL, f"Training run {r['run_id']} failed",
                   r.get("error", ""), r.get("correlation_id"))
-            for r in store.runs(limit=200, status="failed") if r.get("updated_at", now()) >= since]
+            for r in store.runs(limit=200, status=RunStatus.FAILED) if r.get("updated_at", now()) >= since]
 
 
 def runs_since(store: RunStore, since: datetime) -> list[dict]:
     from google.cloud import firestore
 
-    query = store.col("runs").where(filter=firestore.FieldFilter("created_at", ">=", since))
+    query = store.col(Collection.RUNS).where(filter=firestore.FieldFilter("created_at", ">=", since))
     return [unpack_isbns(s.to_dict()) for s in query.stream()]
 
 
@@ -342,9 +338,9 @@ def daily_summary(store: RunStore, at: datetime, fleet: Fleet | None) -> Alert:
     """Fleet health now; runs, failures and alerts of the 24 hours before ``at``."""
     since = at - DAY
     runs = runs_since(store, since)
-    failed = sorted((r for r in runs if r["status"] == "failed"), key=lambda r: r["created_at"])
+    failed = sorted((r for r in runs if r["status"] == RunStatus.FAILED), key=lambda r: r["created_at"])
     isbn_failures = sum(n for r in runs for status, n in (r.get("counts") or {}).items()
-                        if status in FAILED_ISBN_STATUSES)
+                        if status in UNTRAINED)
     statuses = Counter(r["status"] for r in runs)
     tally = alerting.counts(store, since, at)
     lines = [
@@ -368,7 +364,7 @@ def summary_due(cfg: Settings, store: RunStore, at: datetime) -> bool:
     delivered today (a tick that already failed to deliver it tries again)."""
     if at.hour < cfg.alerts.daily_summary_hour_utc:
         return False
-    state = store.get(alerting.ALERTS, alerting.doc_id(summary_key(at)))
+    state = store.get(Collection.ALERTS, alerting.doc_id(summary_key(at)))
     return not state or not state.get(alerting.SENT)
 
 

@@ -31,19 +31,16 @@ from shared.alerting import WARNING, Alert, send
 from shared.config import Settings
 from shared.forecasting.serving import from_artifact
 from shared.logs import get_logger
-from shared.registry import CHALLENGER, REVERT
-from shared.runstore import APPROVALS, CHALLENGES, SHADOW_SCORES, RunStore, now
+from shared.registry import CHALLENGER
+from shared.layout import Collection
+from shared.runstore import RunStore, now
+from shared.states import AliasMove, ApprovalStatus, IsbnStatus, TrialStatus
+from shared.version_tags import Tag, VersionTags
 
 log = get_logger(__name__)
-ON_TRIAL, PROMOTED, RETIRED = "on_trial", "promoted", "retired"                # a challenge's status
-SETTLING = "settling"  # a challenge one process is promoting or retiring right now
-PENDING, APPROVED, REJECTED, WITHDRAWN = "pending", "approved", "rejected", "withdrawn"  # an approval's
-DECIDING = "deciding"  # an approval someone is acting on right now
 DECIDING_EXPIRES = timedelta(minutes=5)  # a claim older than this was left by a process that died
 SETTLING_EXPIRES = timedelta(minutes=5)  # likewise for a challenge being settled
-CHALLENGE, RETIRE, PROMOTE = "challenge", "retire", "promote"                  # alias move actions
 SHADOW_ACTOR = "shadow-scoring"
-AUDIT = "audit"
 
 
 class ApprovalError(ValueError):
@@ -98,7 +95,7 @@ def risks(cfg: Settings, store: RunStore, isbn: str, candidate_family: str, cand
         found.append(f"its model family changed: {champion_family} → {candidate_family}")
     since = now() - timedelta(days=policy.rollback_window_days)
     rolled_back = [m for m in store.alias_history(isbn) if m["alias"] == cfg.serving.alias
-                   and m["action"] in ("rollback", REVERT) and m["at"] >= since]
+                   and m["action"] in (AliasMove.ROLLBACK, AliasMove.REVERT) and m["at"] >= since]
     if rolled_back:
         last = rolled_back[-1]
         found.append(f"the ISBN was {'rolled back' if last['action'] == 'rollback' else 'reverted'} "
@@ -110,7 +107,7 @@ def risks(cfg: Settings, store: RunStore, isbn: str, candidate_family: str, cand
 # --- after the gates: champion, or challenger (and perhaps an approval) ------------------------
 @dataclass
 class Outcome:
-    status: str   # promoted | challenger
+    status: IsbnStatus  # promoted, challenger, or quarantined (validation put the previous challenger back)
     reason: str
 
 
@@ -124,23 +121,23 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
     from shared import model_store
 
     champion = registry.version_by_alias(cfg, isbn)
-    if champion is None or champion.tags.get("baseline") == "true":
+    if champion is None or VersionTags(champion.tags).is_baseline:
         return _promote(cfg, store, isbn, version, "passed the quality gates", "training", correlation_id)
     reference = reference or model_store.serving_forecast(cfg, champion.run_id)
     candidate_means, reference_means = weekly_means(forecast), weekly_means(reference)
-    found = risks(cfg, store, isbn, family, candidate_means, champion.tags.get("family"), reference_means)
+    found = risks(cfg, store, isbn, family, candidate_means, champion.tags.get(Tag.FAMILY), reference_means)
     if not found:
         # A trial against the champion this replaces would be scored against the wrong model.
         _retire_challenger(cfg, store, isbn, f"superseded: v{version} became champion", correlation_id)
         return _promote(cfg, store, isbn, version, "passed the quality gates", "training", correlation_id)
     reason = "passed the quality gates but is risky: " + "; ".join(found)
-    registry.move_alias(cfg, store, isbn, version, CHALLENGE, reason, "training", correlation_id, alias=CHALLENGER)
+    registry.move_alias(cfg, store, isbn, version, AliasMove.CHALLENGE, reason, "training", correlation_id, alias=CHALLENGER)
     if getattr(registry.version_by_alias(cfg, isbn, CHALLENGER), "version", None) != version:
         # Validation put the previous challenger back; its trial goes on.
-        return Outcome("quarantined", f"{reason}; it failed validation as challenger and serves nowhere")
+        return Outcome(IsbnStatus.QUARANTINED, f"{reason}; it failed validation as challenger and serves nowhere")
     _withdraw_trial(store, isbn, f"superseded by v{version}")
-    store.col(CHALLENGES).document(isbn).set({
-        "isbn": isbn, "version": version, "champion_version": champion.version, "status": ON_TRIAL, "risks": found,
+    store.col(Collection.CHALLENGES).document(isbn).set({
+        "isbn": isbn, "version": version, "champion_version": champion.version, "status": TrialStatus.ON_TRIAL, "risks": found,
         "challenger_forecast": json.dumps(candidate_means), "champion_forecast": json.dumps(reference_means),
         "data_end": forecast["data_end"], "started_at": now(), "correlation_id": correlation_id,
         "require_approval": cfg.promotion.require_approval})
@@ -150,33 +147,33 @@ def after_gates(cfg: Settings, store: RunStore, isbn: str, version: str, family:
         request_approval(cfg, store, isbn, version, champion.version, found,
                          f"It is on trial as challenger beside v{champion.version}", correlation_id)
         trial += "; its promotion waits for approval"
-    return Outcome("challenger", f"{reason}: {trial}")
+    return Outcome(IsbnStatus.CHALLENGER, f"{reason}: {trial}")
 
 
 def _promote(cfg: Settings, store: RunStore, isbn: str, version: str, reason: str, actor: str,
              correlation_id: str) -> Outcome:
-    registry.move_alias(cfg, store, isbn, version, PROMOTE, reason, actor, correlation_id)
-    return Outcome("promoted", reason)
+    registry.move_alias(cfg, store, isbn, version, AliasMove.PROMOTE, reason, actor, correlation_id)
+    return Outcome(IsbnStatus.PROMOTED, reason)
 
 
 def _retire_challenger(cfg: Settings, store: RunStore, isbn: str, why: str, correlation_id: str) -> None:
     """Take the challenger alias off and end its trial, if the ISBN has one."""
-    if registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, why, "training", correlation_id):
+    if registry.remove_alias(cfg, store, isbn, CHALLENGER, AliasMove.RETIRE, why, "training", correlation_id):
         _withdraw_trial(store, isbn, why)
 
 
 def _withdraw_trial(store: RunStore, isbn: str, why: str) -> None:
     """End the ISBN's running trial (a newer challenger replaces it), even one being settled
     right now: what settles it ends only its own trial (_end_trial) and its own alias."""
-    trial = store.get(CHALLENGES, isbn)
-    if trial and trial["status"] in (ON_TRIAL, SETTLING):
-        _end_trial(store, trial, RETIRED, why)
-        _close_approval(store, isbn, trial["version"], WITHDRAWN, why)
+    trial = store.get(Collection.CHALLENGES, isbn)
+    if trial and trial["status"] in (TrialStatus.ON_TRIAL, TrialStatus.SETTLING):
+        _end_trial(store, trial, TrialStatus.RETIRED, why)
+        _close_approval(store, isbn, trial["version"], ApprovalStatus.WITHDRAWN, why)
 
 
 def _end_trial(store: RunStore, trial: dict, status: str, why: str) -> None:
     """End ``trial``, unless a newer trial of the ISBN replaced it meanwhile."""
-    ref = store.col(CHALLENGES).document(trial["isbn"])
+    ref = store.col(Collection.CHALLENGES).document(trial["isbn"])
 
     def end(transaction) -> None:
         current = ref.get(transaction=transaction).to_dict()
@@ -192,7 +189,7 @@ def score_upload(cfg: Settings, store: RunStore, weeks_by_isbn: dict[str, dict[s
     """Score every running trial on the weeks just uploaded, then promote or retire the
     challengers that have enough weeks. Returns what happened per ISBN that has a trial.
     Safe to repeat: a week's score is one document, replaced only by a newer upload."""
-    refs = {isbn: store.col(CHALLENGES).document(isbn) for isbn in weeks_by_isbn}
+    refs = {isbn: store.col(Collection.CHALLENGES).document(isbn) for isbn in weeks_by_isbn}
     trials = {i: t for i, t in store.read_many(None, refs).items() if t and open_to_settle(t)}
     outcomes = {}
     for isbn, trial in trials.items():
@@ -204,7 +201,7 @@ def score_upload(cfg: Settings, store: RunStore, weeks_by_isbn: dict[str, dict[s
 def _score(store: RunStore, trial: dict, weeks: dict[str, int], order: str) -> None:
     challenger, champion = json.loads(trial["challenger_forecast"]), json.loads(trial["champion_forecast"])
     scored = sorted(w for w in weeks if w > trial["data_end"] and w in challenger and w in champion)
-    refs = {w: store.col(SHADOW_SCORES).document(f"{trial['isbn']}-v{trial['version']}-{w}") for w in scored}
+    refs = {w: store.col(Collection.SHADOW_SCORES).document(f"{trial['isbn']}-v{trial['version']}-{w}") for w in scored}
     stored = store.read_many(None, refs)
     batch = store.db.batch()
     for week in scored:
@@ -222,20 +219,20 @@ def _score(store: RunStore, trial: dict, weeks: dict[str, int], order: str) -> N
 
 def open_to_settle(trial: dict) -> bool:
     """On trial, or left settling by a process that died."""
-    return trial["status"] == ON_TRIAL or (trial["status"] == SETTLING and now() - trial["settling_at"] > SETTLING_EXPIRES)
+    return trial["status"] == TrialStatus.ON_TRIAL or (trial["status"] == TrialStatus.SETTLING and now() - trial["settling_at"] > SETTLING_EXPIRES)
 
 
 def claim_trial(store: RunStore, isbn: str, version: str, by: str) -> dict | None:
     """The ISBN's trial of ``version``, marked settling, if it is open to settle: exactly one
     process promotes or retires a challenger (two uploads scoring the same weeks, a
     redelivery, an approval meanwhile). None if another settles or settled it."""
-    ref = store.col(CHALLENGES).document(isbn)
+    ref = store.col(Collection.CHALLENGES).document(isbn)
 
     def claim(transaction) -> dict | None:
         trial = ref.get(transaction=transaction).to_dict()
         if not trial or trial["version"] != version or not open_to_settle(trial):
             return None
-        transaction.update(ref, {"status": SETTLING, "settling_by": by, "settling_at": now()})
+        transaction.update(ref, {"status": TrialStatus.SETTLING, "settling_by": by, "settling_at": now()})
         return trial
 
     return store.in_transaction(claim)
@@ -244,7 +241,7 @@ def claim_trial(store: RunStore, isbn: str, version: str, by: str) -> dict | Non
 def shadow_scores(store: RunStore, isbn: str, version: str) -> list[dict]:
     from google.cloud import firestore
 
-    query = store.col(SHADOW_SCORES).where(filter=firestore.FieldFilter("isbn", "==", isbn))
+    query = store.col(Collection.SHADOW_SCORES).where(filter=firestore.FieldFilter("isbn", "==", isbn))
     return sorted((s for s in (d.to_dict() for d in query.stream()) if s["version"] == version),
                   key=lambda s: s["week"])
 
@@ -278,10 +275,10 @@ def settle(cfg: Settings, store: RunStore, trial: dict, correlation_id: str) -> 
     if claim_trial(store, isbn, version, SHADOW_ACTOR) is None:
         return "settled by another delivery"
     if not won:
-        registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, f"v{version} lost the shadow scoring: {evidence}",
+        registry.remove_alias(cfg, store, isbn, CHALLENGER, AliasMove.RETIRE, f"v{version} lost the shadow scoring: {evidence}",
                               SHADOW_ACTOR, correlation_id, only_from=version)
-        _end_trial(store, trial, RETIRED, f"lost: {evidence}")
-        _close_approval(store, isbn, version, WITHDRAWN, f"the challenger lost: {evidence}")
+        _end_trial(store, trial, TrialStatus.RETIRED, f"lost: {evidence}")
+        _close_approval(store, isbn, version, ApprovalStatus.WITHDRAWN, f"the challenger lost: {evidence}")
         return f"retired: {evidence}"
     _promote_challenger(cfg, store, trial, f"v{version} won the shadow scoring: {evidence}", SHADOW_ACTOR,
                         correlation_id)
@@ -293,12 +290,12 @@ def _promote_challenger(cfg: Settings, store: RunStore, trial: dict, reason: str
     """Make the challenger champion (validated by the move) and end its trial; False if
     validation took it off again."""
     isbn, version = trial["isbn"], trial["version"]
-    registry.move_alias(cfg, store, isbn, version, PROMOTE, reason, actor, correlation_id)
+    registry.move_alias(cfg, store, isbn, version, AliasMove.PROMOTE, reason, actor, correlation_id)
     served = getattr(registry.version_by_alias(cfg, isbn), "version", None) == version
-    registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE,
+    registry.remove_alias(cfg, store, isbn, CHALLENGER, AliasMove.RETIRE,
                           "promoted to champion" if served else "failed validation as champion", actor, correlation_id,
                           only_from=version)
-    _end_trial(store, trial, PROMOTED if served else RETIRED, reason if served else "failed validation as champion")
+    _end_trial(store, trial, TrialStatus.PROMOTED if served else TrialStatus.RETIRED, reason if served else "failed validation as champion")
     return served
 
 
@@ -311,8 +308,8 @@ def request_approval(cfg: Settings, store: RunStore, isbn: str, version: str, ch
                      found: list[str], context: str, correlation_id: str) -> None:
     """Record a promotion that waits for a person (why it is risky, and where the version is
     meanwhile) and alert it."""
-    store.col(APPROVALS).document(approval_id(isbn, version)).set({
-        "isbn": isbn, "version": version, "champion_version": champion_version, "status": PENDING, "risks": found,
+    store.col(Collection.APPROVALS).document(approval_id(isbn, version)).set({
+        "isbn": isbn, "version": version, "champion_version": champion_version, "status": ApprovalStatus.PENDING, "risks": found,
         "requested_at": now(), "correlation_id": correlation_id})
     send(cfg, store, Alert(f"approval:{isbn}:{version}", WARNING, f"{isbn} v{version} waits for approval",
                            f"{'; '.join(found)}. {context}. bookcast approve {isbn} {version} --reason ... "
@@ -320,9 +317,9 @@ def request_approval(cfg: Settings, store: RunStore, isbn: str, version: str, ch
 
 
 def _close_approval(store: RunStore, isbn: str, version: str, status: str, why: str) -> None:
-    ref = store.col(APPROVALS).document(approval_id(isbn, version))
+    ref = store.col(Collection.APPROVALS).document(approval_id(isbn, version))
     snap = ref.get()
-    if snap.exists and snap.to_dict()["status"] == PENDING:
+    if snap.exists and snap.to_dict()["status"] == ApprovalStatus.PENDING:
         ref.update({"status": status, "decided_at": now(), "decided_by": SHADOW_ACTOR, "decision_reason": why})
 
 
@@ -330,10 +327,10 @@ def pending_approvals(cfg: Settings, store: RunStore) -> list[dict]:
     """Pending approvals, oldest first, with the trial's standing so far."""
     from google.cloud import firestore
 
-    query = store.col(APPROVALS).where(filter=firestore.FieldFilter("status", "==", PENDING))
+    query = store.col(Collection.APPROVALS).where(filter=firestore.FieldFilter("status", "==", ApprovalStatus.PENDING))
     found = sorted((d.to_dict() for d in query.stream()), key=lambda a: a["requested_at"])
     for approval in found:
-        trial = store.get(CHALLENGES, approval["isbn"])
+        trial = store.get(Collection.CHALLENGES, approval["isbn"])
         if trial and trial["version"] == approval["version"]:
             approval["trial"] = standing(cfg, store, trial)
     return found
@@ -345,67 +342,67 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
     risky promotion, as ``actor`` (a verified caller, or the CLI's user); audited.
     Repeating a decision returns the recorded one."""
     store = store or RunStore(cfg)
-    ref = store.col(APPROVALS).document(approval_id(isbn, version))
+    ref = store.col(Collection.APPROVALS).document(approval_id(isbn, version))
 
     def claim(transaction) -> dict | None:
         """One decision at a time: an approve and a reject (or an HTTP retry) arriving
         together must not both act. A claim left by a process that died expires."""
         approval = ref.get(transaction=transaction).to_dict()
-        stale = approval and approval["status"] == DECIDING and now() - approval["deciding_at"] > DECIDING_EXPIRES
-        if approval and (approval["status"] == PENDING or stale):
-            transaction.update(ref, {"status": DECIDING, "deciding_by": actor, "deciding_at": now()})
-            return {**approval, "status": PENDING}
+        stale = approval and approval["status"] == ApprovalStatus.DECIDING and now() - approval["deciding_at"] > DECIDING_EXPIRES
+        if approval and (approval["status"] == ApprovalStatus.PENDING or stale):
+            transaction.update(ref, {"status": ApprovalStatus.DECIDING, "deciding_by": actor, "deciding_at": now()})
+            return {**approval, "status": ApprovalStatus.PENDING}
         return approval
 
     approval = store.in_transaction(claim)
     if approval is None:
         raise ApprovalError(f"no approval was requested for {isbn} v{version}")
-    wanted = APPROVED if approve else REJECTED
-    if approval["status"] == DECIDING:
+    wanted = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+    if approval["status"] == ApprovalStatus.DECIDING:
         raise ApprovalError(f"{isbn} v{version} is being decided by {approval.get('deciding_by')} right now")
-    if approval["status"] != PENDING:
+    if approval["status"] != ApprovalStatus.PENDING:
         if approval["status"] == wanted and approval.get("audit_id"):
-            return {**store.get(AUDIT, approval["audit_id"])["result"], "replayed": True}
+            return {**store.get(Collection.AUDIT, approval["audit_id"])["result"], "replayed": True}
         raise ApprovalError(f"{isbn} v{version} is {approval['status']} already "
                             f"(by {approval.get('decided_by')}: {approval.get('decision_reason')})")
     correlation_id = correlation_id or f"approval-{uuid.uuid4().hex[:12]}"
     trial = claim_trial(store, isbn, version, actor)
-    if trial is None and (settled := store.get(CHALLENGES, isbn)) and settled["version"] == version:
+    if trial is None and (settled := store.get(Collection.CHALLENGES, isbn)) and settled["version"] == version:
         # Shadow scoring is settling this trial, or ended it: that decides, not this call.
-        if settled["status"] == SETTLING:
-            ref.update({"status": PENDING})
+        if settled["status"] == TrialStatus.SETTLING:
+            ref.update({"status": ApprovalStatus.PENDING})
             raise ApprovalError(f"{isbn} v{version}'s trial is being settled by {settled.get('settling_by')} right "
                                 "now; nothing was changed")
-        ref.update({"status": WITHDRAWN, "decided_at": now(), "decided_by": SHADOW_ACTOR,
+        ref.update({"status": ApprovalStatus.WITHDRAWN, "decided_at": now(), "decided_by": SHADOW_ACTOR,
                     "decision_reason": f"its trial ended: {settled.get('outcome', settled['status'])}"})
         raise ApprovalError(f"{isbn} v{version}'s trial ended ({settled['status']}): the approval is withdrawn")
     if approve:
         if trial:
             served = _promote_challenger(cfg, store, trial, f"approved by {actor}: {reason}", actor, correlation_id)
         else:
-            registry.move_alias(cfg, store, isbn, version, PROMOTE, f"approved by {actor}: {reason}", actor,
+            registry.move_alias(cfg, store, isbn, version, AliasMove.PROMOTE, f"approved by {actor}: {reason}", actor,
                                 correlation_id)
             served = getattr(registry.version_by_alias(cfg, isbn), "version", None) == version
-        status = APPROVED if served else "failed"
+        status = ApprovalStatus.APPROVED if served else ApprovalStatus.FAILED
         detail = f"v{version} serves as champion" if served else f"v{version} failed validation; nothing changed"
     else:
         if getattr(registry.version_by_alias(cfg, isbn, CHALLENGER), "version", None) == version:
-            registry.remove_alias(cfg, store, isbn, CHALLENGER, RETIRE, f"rejected by {actor}: {reason}", actor,
+            registry.remove_alias(cfg, store, isbn, CHALLENGER, AliasMove.RETIRE, f"rejected by {actor}: {reason}", actor,
                                   correlation_id)
         if trial:
-            _end_trial(store, trial, RETIRED, f"rejected by {actor}: {reason}")
-        status, detail = REJECTED, f"v{version} will not serve; the champion stays"
+            _end_trial(store, trial, TrialStatus.RETIRED, f"rejected by {actor}: {reason}")
+        status, detail = ApprovalStatus.REJECTED, f"v{version} will not serve; the champion stays"
     audit_id = f"approval-{uuid.uuid4().hex[:12]}"
     result = {"audit_id": audit_id, "isbn": isbn, "version": version, "status": status, "detail": detail,
-              "ok": status != "failed"}
-    store.col(AUDIT).document(audit_id).set({"kind": "approval", "decision": wanted, "isbn": isbn, "version": version,
+              "ok": status != ApprovalStatus.FAILED}
+    store.col(Collection.AUDIT).document(audit_id).set({"kind": "approval", "decision": wanted, "isbn": isbn, "version": version,
                                              "reason": reason, "actor": actor, "note": note, "result": result,
                                              "at": now(), "correlation_id": correlation_id})
-    if status != "failed":
+    if status != ApprovalStatus.FAILED:
         ref.update({"status": status, "decided_at": now(), "decided_by": actor, "decision_reason": reason,
                     "audit_id": audit_id})
     else:  # nothing changed: it can be decided again
-        ref.update({"status": PENDING})
+        ref.update({"status": ApprovalStatus.PENDING})
     log.warning("%s %s v%s by %s: %s", wanted, isbn, version, actor, reason,
                 extra={"isbn": isbn, "audit_id": audit_id, "reason": reason})
     return result

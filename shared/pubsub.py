@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 
 from shared.config import Settings
-from shared.events import Event, encode
+from shared.events import Event
+from shared.signing import encode
 from shared.logs import get_logger
 
 log = get_logger(__name__)

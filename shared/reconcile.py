@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import time
 
+from typing import Callable
+
+from shared.causes import upload_cause_key
 from shared.config import Settings
 from shared.events import GcsObject
 from shared.failures import Unfinished
+from shared.layout import Collection
 from shared.logs import get_logger
 from shared.runstore import RunStore
+from shared.states import CauseStatus
 
 log = get_logger(__name__)
 PAGE = 200  # objects whose causes are looked up in one batch read
@@ -21,10 +26,11 @@ PAGE = 200  # objects whose causes are looked up in one batch read
 BUDGET_SECONDS = 40.0
 
 
-def reconcile(cfg: Settings, store: RunStore, budget_seconds: float = BUDGET_SECONDS) -> list[str]:
-    """Handle the unhandled uploads under the prefix; returns their cause keys."""
+def reconcile(cfg: Settings, store: RunStore, handle_upload: Callable[..., object],
+              budget_seconds: float = BUDGET_SECONDS) -> list[str]:
+    """Handle the unhandled uploads under the prefix with ``handle_upload`` (trigger_training's,
+    as for a notification); returns their cause keys."""
     from shared.gcs import storage_client
-    from shared.trigger import DECIDING, handle_upload, upload_cause_key
 
     deadline = time.monotonic() + budget_seconds
     blobs = storage_client(cfg.project_id).list_blobs(cfg.data_bucket, prefix=cfg.upload_prefix, page_size=PAGE)
@@ -32,11 +38,11 @@ def reconcile(cfg: Settings, store: RunStore, budget_seconds: float = BUDGET_SEC
     for page in blobs.pages:
         objects = [GcsObject(bucket=b.bucket.name, name=b.name, generation=str(b.generation), size=b.size or 0,
                              timeCreated=b.time_created, metadata=b.metadata or {}) for b in page]
-        causes = store.read_many(None, {o.upload_key: store.col("causes").document(upload_cause_key(o))
+        causes = store.read_many(None, {o.upload_key: store.col(Collection.CAUSES).document(upload_cause_key(o))
                                         for o in objects})
         for obj in objects:
             cause = causes[obj.upload_key]
-            if cause and cause["status"] != DECIDING:
+            if cause and cause["status"] != CauseStatus.DECIDING:
                 continue
             if time.monotonic() > deadline:
                 log.warning("reconciling stopped at its time budget; the next tick continues",

@@ -10,25 +10,18 @@ import json
 from dataclasses import dataclass
 
 from shared.config import Settings
-from shared.events import ModelChange
+from shared.events import ModelChange, Topics
 from shared.logs import get_logger
+from shared.states import AliasMove
+from shared.version_tags import Tag, metric_tags
 
 log = get_logger(__name__)
 EXPERIMENT = "bookcast-training"
 FITTED_MODEL = "fitted_model.json"  # the run artifact a refresh starts from
-REVERT = "revert"  # the alias move that undoes one whose version failed validation
 CHALLENGER = "challenger"  # the alias of a risky candidate on trial beside the champion (shared/promotion.py)
 HOLDOUT_PLOT = "holdout_forecast.png"
 
 
-class Tags:
-    """Version tags that decisions and refreshes read (lineage tags are set by the flow)."""
-    DATA_HASH = "data_hash"            # the series the version's forecast is conditioned on
-    KIND = "kind"                      # candidate | baseline | refresh
-    FITTED_AT = "fitted_at"            # when its parameters were estimated (refreshes keep it)
-    REFRESHES = "refreshes"            # the version a refresh was made from
-    UNSEEN_WEEKS = "unseen_weeks"      # weeks scored since the parameters were fitted
-    UNSEEN_ABS_ERROR = "unseen_abs_error"
 PIP_REQUIREMENTS = ["statsmodels", "numpy", "pandas", "mlflow"]
 PYFUNC_EXAMPLE = {"horizon": [13], "interval": [0.8]}
 
@@ -81,11 +74,11 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
     name = cfg.model_name(isbn)
     finite = {k: float(v) for k, v in metrics.items() if v == v and abs(v) != float("inf")}
     mlflow_client = client(cfg)
-    with mlflow.start_run(run_name=f"{isbn}-{tags.get('pipeline_run_id', '')}") as run:
+    with mlflow.start_run(run_name=f"{isbn}-{tags.get(Tag.PIPELINE_RUN_ID, '')}") as run:
         now_ms = int(time.time() * 1000)
         mlflow_client.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in finite.items()],
-                                params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                                tags=[RunTag(k, str(v)) for k, v in tags.items()])
+                                params=[Param(str(k), str(v)[:6000]) for k, v in params.items()],
+                                tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
         mlflow.log_dict(fitted_model, FITTED_MODEL)
         if study:
             mlflow.log_dict(study, "optuna_study.json")
@@ -95,7 +88,7 @@ def register(cfg: Settings, isbn: str, fitted_model: dict, serving: dict, params
         info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc_source(), model_config={"model": fitted_model},
                                        pip_requirements=PIP_REQUIREMENTS, signature=pyfunc_signature(),
                                        input_example=PYFUNC_EXAMPLE)
-    version_tags = {**{k: str(v) for k, v in tags.items()}, **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()}}
+    version_tags = {**{str(k): str(v) for k, v in tags.items()}, **metric_tags(metrics)}
     version = _new_version(mlflow_client, name, info.model_uri, info.model_id, version_tags)
     return Registration(version=str(version.version), run_id=run.info.run_id)
 
@@ -204,7 +197,7 @@ def _announce(cfg: Settings, correlation_id: str, isbn: str, name: str, alias: s
               from_version: str | None, to_version: str, reason: str) -> None:
     from shared.pubsub import publish as publish_event
 
-    publish_event(cfg, "model-changes", ModelChange(correlation_id=correlation_id, isbn=isbn, model_name=name,
+    publish_event(cfg, Topics.MODEL_CHANGES, ModelChange(correlation_id=correlation_id, isbn=isbn, model_name=name,
                                                     alias=alias, action=action, from_version=from_version,
                                                     to_version=to_version, reason=reason))
 
@@ -234,9 +227,9 @@ def _revert(cfg: Settings, store, isbn: str, alias: str, failed: str, previous: 
         client(cfg).set_registered_model_alias(name, alias, previous)
     else:
         client(cfg).delete_registered_model_alias(name, alias)
-    store.record_alias_move(isbn, name, alias, failed, previous or "", REVERT, reason, "validation", correlation_id)
+    store.record_alias_move(isbn, name, alias, failed, previous or "", AliasMove.REVERT, reason, "validation", correlation_id)
     log.error("alias %s of %s reverted %s -> %s: %s", alias, name, failed, previous, reason, extra={"isbn": isbn})
-    _announce(cfg, correlation_id, isbn, name, alias, REVERT, failed, previous or "", reason)
+    _announce(cfg, correlation_id, isbn, name, alias, AliasMove.REVERT, failed, previous or "", reason)
     if previous is not None and alias == cfg.serving.alias:
         from shared import champions
 
@@ -251,5 +244,5 @@ def served_isbns(cfg: Settings) -> list[str]:
 
 def version_spec(version) -> dict | None:
     """The model structure a registered version was trained with (from its tags)."""
-    raw = (version.tags or {}).get("spec") if version else None
+    raw = (version.tags or {}).get(Tag.SPEC) if version else None
     return json.loads(raw) if raw else None

@@ -24,13 +24,15 @@ from pathlib import Path
 from shared import registry
 from shared.config import Settings
 from shared.logs import get_logger
+from shared.layout import Collection
 from shared.runstore import RunStore, now
+from shared.states import AliasMove, ReleaseStatus
+from shared.version_tags import Tag
 
 log = get_logger(__name__)
 MANIFEST = "manifest.json"
 SERVING = "serving/forecast.json"
 STUDY, PLOT = "optuna_study.json", registry.HOLDOUT_PLOT
-RELEASE_ID, RELEASED_FROM, PROMOTION_CHAIN = "release_id", "released_from", "promotion_chain"  # version tags
 SYSTEM_TAG_PREFIX = "mlflow."
 MODEL_CONFIG_PARAMS = "model/"  # MLflow logs the pyfunc's model_config as params: registering logs them again
 
@@ -91,9 +93,9 @@ def export(cfg: Settings, isbn: str, actor: str, version: str | None = None) -> 
     manifest = {
         "release_id": f"{cfg.release.environment}-{isbn}-v{found.version}", "isbn": isbn, "source": step,
         "params": dict(run.data.params), "metrics": dict(run.data.metrics), "version_tags": tags,
-        "data_hash": tags.get("data_hash"), "code_version": tags.get("code_version"),
+        "data_hash": tags.get(Tag.DATA_HASH), "code_version": tags.get(Tag.CODE_VERSION),
         "promoted_with": code_version(cfg), "artifacts": artifacts,
-        "promotion_chain": json.loads(tags.get(PROMOTION_CHAIN, "[]")) + [step]}
+        "promotion_chain": json.loads(tags.get(Tag.PROMOTION_CHAIN, "[]")) + [step]}
     bucket.blob(prefix + MANIFEST).upload_from_string(json.dumps(manifest, indent=2), content_type="application/json")
     uri = f"gs://{cfg.release.exchange_bucket}/{prefix}{MANIFEST}"
     log.info("exported %s v%s from %s to %s", isbn, found.version, cfg.release.environment, uri, extra={"isbn": isbn})
@@ -113,7 +115,7 @@ def import_release(cfg: Settings, manifest_uri: str, actor: str, reason: str, st
     isbn, release_id = manifest["isbn"], manifest["release_id"]
     name = cfg.model_name(isbn)
     imported = [v for v in registry.client(cfg).search_model_versions(f"name='{name}'")
-                if (v.tags or {}).get(RELEASE_ID) == release_id]
+                if (v.tags or {}).get(Tag.RELEASE_ID) == release_id]
     if imported:
         return {"isbn": isbn, "release_id": release_id, "version": imported[0].version, "status": "imported already"}
     contents = {}
@@ -124,9 +126,9 @@ def import_release(cfg: Settings, manifest_uri: str, actor: str, reason: str, st
         contents[path] = content
     source = manifest["source"]
     chain = manifest["promotion_chain"]
-    tags = {**manifest["version_tags"], RELEASE_ID: release_id, "release_manifest": manifest_uri,
-            RELEASED_FROM: f"{source['environment']} ({source['project_id']}) v{source['version']}",
-            PROMOTION_CHAIN: json.dumps(chain), "promoted_with": manifest["promoted_with"]}
+    tags = {**manifest["version_tags"], Tag.RELEASE_ID: release_id, Tag.RELEASE_MANIFEST: manifest_uri,
+            Tag.RELEASED_FROM: f"{source['environment']} ({source['project_id']}) v{source['version']}",
+            Tag.PROMOTION_CHAIN: json.dumps(chain), Tag.PROMOTED_WITH: manifest["promoted_with"]}
     registration = registry.register(
         cfg, isbn, json.loads(contents[registry.FITTED_MODEL]), json.loads(contents[SERVING]),
         {k: v for k, v in manifest["params"].items() if not k.startswith(MODEL_CONFIG_PARAMS)}, manifest["metrics"], tags, study=json.loads(contents[STUDY]) if STUDY in contents else None,
@@ -139,12 +141,13 @@ def import_release(cfg: Settings, manifest_uri: str, actor: str, reason: str, st
         promotion.request_approval(cfg, store, isbn, version, champion, [why],
                                    f"Registered in {cfg.release.environment}; v{champion or 'nothing'} serves until "
                                    "it is approved", correlation_id)
-        status = "waiting for approval"
+        status = ReleaseStatus.WAITING
     else:
-        registry.move_alias(cfg, store, isbn, version, promotion.PROMOTE, why, actor, correlation_id)
-        status = "serving" if getattr(registry.version_by_alias(cfg, isbn), "version", None) == version else "failed"
+        registry.move_alias(cfg, store, isbn, version, AliasMove.PROMOTE, why, actor, correlation_id)
+        served = getattr(registry.version_by_alias(cfg, isbn), "version", None) == version
+        status = ReleaseStatus.SERVING if served else ReleaseStatus.FAILED
     result = {"isbn": isbn, "release_id": release_id, "version": version, "status": status}
-    store.col(promotion.AUDIT).document(f"release-{uuid.uuid4().hex[:12]}").set({
+    store.col(Collection.AUDIT).document(f"release-{uuid.uuid4().hex[:12]}").set({
         "kind": "release", "actor": actor, "reason": reason, "manifest": manifest_uri, "result": result,
         "chain": chain, "at": now(), "correlation_id": correlation_id})
     log.info("imported %s as v%s in %s: %s", release_id, version, cfg.release.environment, status, extra={"isbn": isbn})

@@ -8,7 +8,6 @@ call idempotent: repeating it returns the recorded result instead of rolling bac
 from __future__ import annotations
 
 import uuid
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,7 +16,10 @@ from shared import registry
 from shared.config import Settings
 from shared.identity import Caller
 from shared.logs import get_logger, labelled
+from shared.layout import Collection
 from shared.runstore import RunStore, now
+from shared.states import AliasMove, RollbackStatus
+from shared.version_tags import Gate, Tag, VersionTags
 
 log = get_logger(__name__)
 
@@ -62,7 +64,7 @@ class RollbackRequest(BaseModel):
 
 class IsbnRollback(BaseModel):
     isbn: str
-    status: Literal["rolled_back", "unchanged", "failed"]
+    status: RollbackStatus
     from_version: str | None = None
     to_version: str | None = None
     detail: str = ""
@@ -70,7 +72,7 @@ class IsbnRollback(BaseModel):
 
 def _versions(cfg: Settings, isbn: str) -> dict[str, dict]:
     client = registry.client(cfg)
-    return {v.version: dict(v.tags or {}) for v in client.search_model_versions(f"name='{cfg.model_name(isbn)}'")}
+    return {v.version: VersionTags(dict(v.tags or {})) for v in client.search_model_versions(f"name='{cfg.model_name(isbn)}'")}
 
 
 def choose_target(cfg: Settings, store: RunStore, isbn: str, current: str | None, to: str,
@@ -82,17 +84,17 @@ def choose_target(cfg: Settings, store: RunStore, isbn: str, current: str | None
     if to.isdigit():
         if to not in versions:
             return None, f"version {to} does not exist (versions: {', '.join(sorted(versions, key=int))})"
-        if versions[to].get("quarantined") == "true" and not allow_quarantined:
-            return None, f"version {to} is quarantined ({versions[to].get('quarantine_reason', '')}); " \
+        if versions[to].is_quarantined and not allow_quarantined:
+            return None, f"version {to} is quarantined ({versions[to].get(Tag.QUARANTINE_REASON)}); " \
                          "pass allow_quarantined=true to serve it anyway"
         return to, f"version {to} as requested"
     former = [m["to_version"] for m in store.alias_history(isbn) if m["alias"] == cfg.serving.alias]
     older = [v for v in dict.fromkeys(reversed(former)) if current is None or int(v) < int(current)]
-    usable = [v for v in older if versions.get(v, {}).get("quarantined") != "true"]
+    usable = [v for v in older if v in versions and not versions[v].is_quarantined]
     if to == "previous":
         return (usable[0], f"the champion before v{current}") if usable else (None, "no earlier champion to return to")
-    good = [v for v in usable if versions[v].get("gate") == "passed"] or \
-           [v for v in usable if versions[v].get("baseline") == "true"]
+    good = [v for v in usable if versions[v].get(Tag.GATE) == Gate.PASSED] or \
+           [v for v in usable if versions[v].is_baseline]
     if good:
         return good[0], f"last known good: v{good[0]} passed the gates when it served"
     return None, "no earlier version that passed the gates"
@@ -110,34 +112,34 @@ def rollback(cfg: Settings, request: RollbackRequest, caller: Caller, store: Run
 
 def _rolled_back(cfg: Settings, request: RollbackRequest, caller: Caller, store: RunStore, audit_id: str,
                  correlation_id: str) -> dict:
-    done = store.get("audit", audit_id)
+    done = store.get(Collection.AUDIT, audit_id)
     if done:
         return {**done["result"], "replayed": True}
     isbns = request.isbns or registry.served_isbns(cfg)
     backup = {isbn: getattr(registry.version_by_alias(cfg, isbn), "version", None) for isbn in isbns}
     backup_id = f"{audit_id}-backup"
-    store.col("alias_backups").document(backup_id).set({"alias": cfg.serving.alias, "targets": backup, "at": now(),
+    store.col(Collection.ALIAS_BACKUPS).document(backup_id).set({"alias": cfg.serving.alias, "targets": backup, "at": now(),
                                                         "actor": caller.email, "audit_id": audit_id})
     outcomes = []
     for isbn in isbns:
         current = backup[isbn]
         target, why = choose_target(cfg, store, isbn, current, request.to, request.allow_quarantined)
         if target is None:
-            outcomes.append(IsbnRollback(isbn=isbn, status="failed", from_version=current, detail=why))
+            outcomes.append(IsbnRollback(isbn=isbn, status=RollbackStatus.FAILED, from_version=current, detail=why))
             continue
         if target == current:
-            outcomes.append(IsbnRollback(isbn=isbn, status="unchanged", from_version=current, to_version=target,
+            outcomes.append(IsbnRollback(isbn=isbn, status=RollbackStatus.UNCHANGED, from_version=current, to_version=target,
                                          detail=f"already serving v{target}"))
             continue
-        registry.move_alias(cfg, store, isbn, target, "rollback", f"{request.reason} ({why})", caller.email,
+        registry.move_alias(cfg, store, isbn, target, AliasMove.ROLLBACK, f"{request.reason} ({why})", caller.email,
                             correlation_id)
         verified = getattr(registry.version_by_alias(cfg, isbn), "version", None)
-        status = "rolled_back" if verified == target else "failed"
+        status = RollbackStatus.ROLLED_BACK if verified == target else RollbackStatus.FAILED
         outcomes.append(IsbnRollback(isbn=isbn, status=status, from_version=current, to_version=target,
-                                     detail=why if status == "rolled_back" else f"verification read v{verified}"))
-    result = {"audit_id": audit_id, "backup_id": backup_id, "ok": all(o.status != "failed" for o in outcomes),
+                                     detail=why if status == RollbackStatus.ROLLED_BACK else f"verification read v{verified}"))
+    result = {"audit_id": audit_id, "backup_id": backup_id, "ok": all(o.status != RollbackStatus.FAILED for o in outcomes),
               "results": [o.model_dump() for o in outcomes]}
-    store.col("audit").document(audit_id).set({"kind": "rollback", "request": request.model_dump(), "result": result,
+    store.col(Collection.AUDIT).document(audit_id).set({"kind": "rollback", "request": request.model_dump(), "result": result,
                                                "actor": caller.email, "actor_issuer": caller.issuer,
                                                "note": request.actor, "at": now(), "correlation_id": correlation_id})
     log.warning("rollback by %s: %s", caller.email, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),

@@ -1,20 +1,6 @@
-"""The durable history in Firestore: runs, decisions, uploads, series sources, leases,
-alias moves and alert state. Nothing here depends on ZenML or MLflow being intact.
-
-Collections (each name carries the configured prefix):
-  runs/{run_id}            status queued → running → succeeded | failed | quarantined
-  run_parts/{run_id}-pNNNN the run's per-ISBN hashes, decision reasons and refreshes, in parts
-  decisions/{id}           one per ISBN per cause: train or skip, with every input and reason
-  uploads/{upload_key}     one per (bucket, object, generation): accepted or rejected, why
-  messages/{message_id}    Pub/Sub message ids already handled
-  series/{isbn}            the uploads that make up an ISBN's series, and its content hash
-  leases/{isbn}            the run training an ISBN now, its expiry, and follow-up causes
-  alias_history/{id}       every alias move MLflow does not remember
-  alerts/{key}             when an alert was last sent (deduplication)
-  challenges/{isbn}        the ISBN's latest challenger trial, with both frozen forecasts
-  shadow_scores/{id}       one per ISBN, challenger and uploaded week: both forecasts' errors
-  approvals/{isbn}-{ver}   a risky promotion waiting for a person: pending → approved | rejected
-  degradation/{isbn}       the latest decision's measure of the served version on weeks it never saw
+"""Reading and writing the durable history in Firestore (its layout: shared/layout.py):
+runs and their parts, decisions, series, the champion index and alias history, with the
+batching and packing that keep a catalogue inside Firestore's limits.
 """
 from __future__ import annotations
 
@@ -25,18 +11,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from shared.config import Settings
+from shared.layout import Collection
+from shared.states import TERMINAL_RUN, RunStatus
 
-RUN_STATES = ("queued", "running", "succeeded", "failed", "quarantined", "cancelled")
-TERMINAL = ("succeeded", "failed", "quarantined", "cancelled")
-RUN_PARTS = "run_parts"  # a run's per-ISBN maps, in parts: runs/{id} stays small for a catalogue
 PER_ISBN_FIELDS = ("data_hashes", "decisions", "refreshes")
 PART_ISBNS = 1000  # ~250 KB of hashes and reasons a part
 PARTS_PER_COMMIT = 8  # ~2 MB a commit, well under Firestore's 10 MiB a request
-CHAMPIONS = "champions"  # the champion index: one document per ISBN with a served version
 READ_BATCH = 300  # documents per batched read
 TRANSACTION_PAUSE, TRANSACTION_PAUSE_CAP = 0.05, 2.0  # seconds: the pause after a conflict grows to the cap
-DEGRADATION = "degradation"  # one per ISBN: what the monitor alerts on, read in batches
-CHALLENGES, SHADOW_SCORES, APPROVALS = "challenges", "shadow_scores", "approvals"  # shared/promotion.py
 
 
 def now() -> datetime:
@@ -97,7 +79,7 @@ class RunStore:
         per_isbn = {name: fields.pop(name) for name in PER_ISBN_FIELDS if name in fields}
         ordered = sorted(isbns)
         parts = part_count(len(ordered))
-        doc = {"run_id": run_id, "status": "queued", "isbns": pack(ordered),
+        doc = {"run_id": run_id, "status": RunStatus.QUEUED, "isbns": pack(ordered),
                "cause": cause, "correlation_id": correlation_id, "launcher": launcher, "created_at": now(),
                "updated_at": now(), "attempt": 1, "parts": parts, **fields}
         writer = transaction if transaction is not None else self.db.batch()
@@ -107,7 +89,7 @@ class RunStore:
             self.write_run_parts(run_id, ordered, per_isbn)
         elif per_isbn:
             raise ValueError(f"{parts} run parts do not fit in the run's transaction: write_run_parts() them first")
-        writer.create(self.col("runs").document(run_id), doc)
+        writer.create(self.col(Collection.RUNS).document(run_id), doc)
         if transaction is None:
             writer.commit()
         return run_id
@@ -127,40 +109,46 @@ class RunStore:
     def _add_parts(self, writer, run_id: str, ordered: list[str], per_isbn: dict[str, dict], parts: range) -> None:
         for part in parts:
             chunk = ordered[part * PART_ISBNS:(part + 1) * PART_ISBNS]  # each part looks up its own ISBNs only
-            writer.set(self.col(RUN_PARTS).document(f"{run_id}-p{part:04d}"),
+            writer.set(self.col(Collection.RUN_PARTS).document(f"{run_id}-p{part:04d}"),
                        {"run_id": run_id, **{name: {i: values[i] for i in chunk if i in values}
                                              for name, values in per_isbn.items()}})
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        if "status" in fields and fields["status"] not in RUN_STATES:
+        if "status" in fields and fields["status"] not in tuple(RunStatus):
             raise ValueError(f"unknown run status {fields['status']!r}")
         stamp = {"updated_at": now()}
-        if fields.get("status") == "running":
+        if fields.get("status") == RunStatus.RUNNING:
             stamp["started_at"] = now()
-        if fields.get("status") in TERMINAL:
+        if fields.get("status") in TERMINAL_RUN:
             stamp["finished_at"] = now()
-        self.col("runs").document(run_id).update({**fields, **stamp})
+        self.col(Collection.RUNS).document(run_id).update({**fields, **stamp})
 
     def run(self, run_id: str, with_results: bool = True) -> dict | None:
         """A run with its per-ISBN maps, and its per-ISBN ``results`` gathered from its shards
-        (shared/shards.py)."""
-        from shared import shards
-
-        snap = self.col("runs").document(run_id).get()
+        (written by shared/lifecycle/shards.py)."""
+        snap = self.col(Collection.RUNS).document(run_id).get()
         if not snap.exists:
             return None
         run = unpack_isbns(snap.to_dict())
-        parts = self.read_batched(RUN_PARTS, [f"{run_id}-p{part:04d}" for part in range(run.get("parts", 0))])
+        parts = self.read_batched(Collection.RUN_PARTS, [f"{run_id}-p{part:04d}" for part in range(run.get("parts", 0))])
         for _, part in sorted(parts.items()):
             for name, values in part.items():
                 if name in PER_ISBN_FIELDS:
                     run.setdefault(name, {}).update(values)
         if with_results:
-            run["results"] = shards.results(self, run_id)
+            run["results"] = self.run_results(run_id)
         return run
 
+    def run_shards(self, run_id: str) -> list[dict]:
+        query = self.col(Collection.SHARDS).where(filter=self._firestore.FieldFilter("run_id", "==", run_id))
+        return sorted((d.to_dict() for d in query.stream()), key=lambda s: s["index"])
+
+    def run_results(self, run_id: str) -> dict[str, dict]:
+        """Every per-ISBN result of a run, gathered from its shards."""
+        return {isbn: r for shard in self.run_shards(run_id) for isbn, r in sorted((shard.get("results") or {}).items())}
+
     def runs(self, limit: int = 50, status: str | None = None) -> list[dict]:
-        query = self.col("runs")
+        query = self.col(Collection.RUNS)
         if status:
             query = query.where(filter=self._firestore.FieldFilter("status", "==", status))
         query = query.order_by("created_at", direction=self._firestore.Query.DESCENDING).limit(limit)
@@ -176,9 +164,9 @@ class RunStore:
         doc = {"decision_id": decision_id, "isbn": isbn, "action": action, "reasons": reasons,
                "inputs": inputs, "cause": cause, "correlation_id": correlation_id, "run_id": run_id,
                "decided_at": now()}
-        writes = [(self.col("decisions").document(decision_id), doc)]
+        writes = [(self.col(Collection.DECISIONS).document(decision_id), doc)]
         if inputs.get("degradation") and inputs.get("champion_version"):
-            writes.append((self.col(DEGRADATION).document(isbn), {
+            writes.append((self.col(Collection.DEGRADATION).document(isbn), {
                 "version": inputs["champion_version"], "measured": inputs["degradation"], "decided_at": doc["decided_at"],
                 "decision_id": decision_id}))
         for ref, written in writes:
@@ -187,28 +175,28 @@ class RunStore:
 
     def decisions(self, limit: int = 100, isbn: str | None = None) -> list[dict]:
         if isbn:  # one book's decisions are few: filter here, sort locally, no composite index
-            query = self.col("decisions").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
+            query = self.col(Collection.DECISIONS).where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
             return sorted((d.to_dict() for d in query.stream()), key=lambda d: d["decided_at"], reverse=True)[:limit]
-        query = self.col("decisions").order_by("decided_at", direction=self._firestore.Query.DESCENDING).limit(limit)
+        query = self.col(Collection.DECISIONS).order_by("decided_at", direction=self._firestore.Query.DESCENDING).limit(limit)
         return [d.to_dict() for d in query.stream()]
 
     # --- series -----------------------------------------------------------------------------
     def series(self, isbn: str) -> dict | None:
-        snap = self.col("series").document(isbn).get()
+        snap = self.col(Collection.SERIES).document(isbn).get()
         return unpack_series(snap.to_dict()) if snap.exists else None
 
     def all_series(self) -> dict[str, dict]:
-        return {d.id: unpack_series(d.to_dict()) for d in self.col("series").stream()}
+        return {d.id: unpack_series(d.to_dict()) for d in self.col(Collection.SERIES).stream()}
 
     def series_isbns(self) -> set[str]:
         """The ISBNs with data, without reading their weeks."""
-        return {d.id for d in self.col("series").select([]).stream()}
+        return {d.id for d in self.col(Collection.SERIES).select([]).stream()}
 
     # --- alias history ----------------------------------------------------------------------
     def record_alias_move(self, isbn: str, model_name: str, alias: str, from_version: str | None,
                           to_version: str, action: str, reason: str, actor: str, correlation_id: str,
                           **extra: Any) -> None:
-        self.col("alias_history").document().set({
+        self.col(Collection.ALIAS_HISTORY).document().set({
             "isbn": isbn, "model_name": model_name, "alias": alias, "from_version": from_version,
             "to_version": to_version, "action": action, "reason": reason, "actor": actor,
             "correlation_id": correlation_id, "at": now(), **extra})
@@ -217,11 +205,11 @@ class RunStore:
         """The champion index: what decisions need of an ISBN's served version (its tags and
         serving forecast), kept beside the data so a catalogue is decided without a registry
         round trip per ISBN. Written at every move of the serving alias."""
-        self.col(CHAMPIONS).document(isbn).set({**entry, "isbn": isbn, "indexed_at": now()})
+        self.col(Collection.CHAMPIONS).document(isbn).set({**entry, "isbn": isbn, "indexed_at": now()})
 
     def champions(self, isbns: list[str]) -> dict[str, dict]:
         """Index entries of these ISBNs, read in batches."""
-        return self.read_batched(CHAMPIONS, isbns)
+        return self.read_batched(Collection.CHAMPIONS, isbns)
 
     def read_batched(self, collection: str, ids: list[str], field_paths: list[str] | None = None,
                      batch: int = READ_BATCH) -> dict[str, dict]:
@@ -235,13 +223,13 @@ class RunStore:
         return found
 
     def alias_history(self, isbn: str) -> list[dict]:
-        query = self.col("alias_history").where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
+        query = self.col(Collection.ALIAS_HISTORY).where(filter=self._firestore.FieldFilter("isbn", "==", isbn))
         return sorted((d.to_dict() for d in query.stream()), key=lambda d: d["at"])
 
     def by_correlation(self, correlation_id: str) -> dict[str, list[dict]]:
         """Everything recorded for one correlation id, per collection."""
         found = {}
-        for collection in ("causes", "decisions", "runs", "alias_history"):
+        for collection in (Collection.CAUSES, Collection.DECISIONS, Collection.RUNS, Collection.ALIAS_HISTORY):
             query = self.col(collection).where(filter=self._firestore.FieldFilter("correlation_id", "==", correlation_id))
             found[collection] = [unpack_isbns(d.to_dict()) for d in query.stream()]
         return found

@@ -24,21 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared import isbn as isbn_rules
 from shared import model_store
+from shared.api_errors import ApiError, first_problem
 from shared.config import Settings
 from shared.forecasting.serving import from_artifact
 from shared.logs import get_logger
 from shared.registry import CHALLENGER
+from shared.version_tags import VersionTags
 
 log = get_logger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **detail):
-        super().__init__(message)
-        self.status, self.code, self.message, self.detail = status, code, message, detail
-
-    def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message, **self.detail}}
 
 
 class ForecastQuery(BaseModel):
@@ -95,9 +88,7 @@ def parse_query(method: str, content_type: str | None, args: dict[str, list[str]
     try:
         query = ForecastQuery.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"].removeprefix("Value error, ")
+        field, message = first_problem(error)
         if field == "horizon":
             message = f"horizon must be a whole number of weeks from 1 to {max_horizon}"
         elif field == "format":
@@ -272,7 +263,7 @@ class ForecastService:
         return {
             "isbn": isbn, "model_name": target.model_name, "version": target.version, "alias": target.alias,
             "trained_at": target.created_at.isoformat(), "data_end": served.artifact["data_end"],
-            "model": served.artifact.get("label"), "baseline": target.tags.get("baseline") == "true",
+            "model": served.artifact.get("label"), "baseline": VersionTags(target.tags).is_baseline,
             "forecast": [{"week": w.isoformat(), "mean": round(float(m), 2), "lower": round(float(lo), 2),
                           "upper": round(float(hi), 2)} for w, m, lo, hi in zip(weeks, mean, lower, upper)],
         }

@@ -16,7 +16,7 @@ import hmac
 import os
 from functools import lru_cache
 
-from shared.events import PubSubMessage, Topics
+from shared.events import Event, PubSubMessage, Topics
 
 KEY_VARIABLE = "BOOKCAST_EVENT_SIGNING_KEY"
 SECRET_VARIABLE = "BOOKCAST_EVENT_SIGNING_KEY_SECRET"
@@ -65,3 +65,15 @@ def authentic(message: PubSubMessage) -> bool:
         return True
     given = message.attributes.get(SIGNATURE, "")
     return hmac.compare_digest(given, signature(message.attributes.get("event_type", ""), message.data))
+
+
+def encode(event: Event) -> tuple[bytes, dict[str, str]]:
+    """An event as published: its JSON, and attributes that route it and sign it."""
+    data = event.model_dump_json().encode()
+    attributes = {
+        "event_type": event.event_type,  # type: ignore[attr-defined]
+        "schema_version": event.schema_version,
+        "correlation_id": event.correlation_id,
+        SIGNATURE: signature(event.event_type, data),  # type: ignore[attr-defined]
+    }
+    return data, attributes

@@ -13,6 +13,7 @@ import numpy as np
 from shared.config import Settings
 from shared.forecasting.gates import breaches, metrics_from_tags
 from shared.forecasting.tuning import INTERMITTENT_ZERO_SHARE
+from shared.version_tags import Tag, VersionKind
 
 VOLUME_BANDS = ((0, 10, "under 10 a week"), (10, 100, "10-100 a week"), (100, 1_000, "100-1,000 a week"),
                 (1_000, 10_000, "1,000-10,000 a week"), (10_000, math.inf, "10,000+ a week"))
@@ -48,7 +49,7 @@ def candidate_metrics(cfg: Settings) -> list[dict]:
         page = mlflow.search_model_versions(f"name LIKE '{cfg.model_name_prefix}%'", max_results=1000, page_token=token)
         for version in page:
             tags = version.tags or {}
-            metrics = metrics_from_tags(tags) if tags.get("kind") == "candidate" else None
+            metrics = metrics_from_tags(tags) if tags.get(Tag.KIND) == VersionKind.CANDIDATE else None
             if metrics and "level" in metrics:
                 found.append(metrics)
         token = page.token

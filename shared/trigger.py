@@ -15,25 +15,28 @@ interrupted instead of doing it twice.
 """
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
-from datetime import datetime, timedelta
 
 from google.api_core.exceptions import AlreadyExists, NotFound
 from google.cloud.firestore_v1.field_path import FieldPath
 
-from shared import leases, model_store, sales, shards
+from shared import champions, model_store, promotion, sales
+from shared.causes import Cause, CauseKind, upload_cause_key
 from shared.config import Settings
-from shared import champions, promotion
 from shared.decisions import REFRESH, SKIP, TRAIN, Decision, decide
-from shared.events import (CONTINUATION, GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics, TrainingEvent,
+from shared.events import (CONTINUATION, GcsObject, PubSubMessage, RejectedInput, ScheduleTick, Topics,
                            TrainingRequest)
 from shared.failures import PermanentFailure, Unfinished, parse
-from shared.jobs import SNAPSHOTS, DecidedSeries, snapshot_document, snapshot_id
+from shared.jobs import DecidedSeries, snapshot_document, snapshot_id
+from shared.layout import GROUPS, Collection
+from shared.lifecycle import leases
+from shared.lifecycle.runs import claim_launch, launch_run, reap_expired_leases, reap_shard, retry_failed_shards
 from shared.logs import correlated, get_logger
 from shared.runstore import RunStore, now, pack, pack_series, unpack_isbns, unpack_series
+from shared.states import CauseStatus, TriggerOutcome
 
 log = get_logger(__name__)
 
@@ -46,31 +49,13 @@ log = get_logger(__name__)
 GROUP_WEEKS = 40_000
 GROUP_MAX_ISBNS = 100
 UNKNOWN_SERIES_WEEKS = 520  # a series stored before its length was recorded: assume ten years
-DECIDING, ACCEPTED, REJECTED = "deciding", "accepted", "rejected"
-GROUPS = "groups"  # the per-group markers, a subcollection of the cause
 COALESCE = "coalesce"  # wanted training, but the ISBN is training: a follow-up when that run ends
 ACTIONS = (TRAIN, REFRESH, SKIP, COALESCE)
 
 
 @dataclass
-class Cause:
-    key: str
-    kind: str                      # upload | schedule | request | follow-up | retry
-    correlation_id: str
-    message_id: str
-    delivery_key: str
-    forced: bool = False
-    detail: dict = field(default_factory=dict)
-    received_at: datetime = field(default_factory=now)
-
-    def as_dict(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "correlation_id": self.correlation_id,
-                "message_id": self.message_id, "forced": self.forced, **self.detail}
-
-
-@dataclass
 class Outcome:
-    status: str                    # accepted | rejected | duplicate | continued
+    status: TriggerOutcome
     detail: str
     run_id: str | None = None
     decisions: list[Decision] = field(default_factory=list)
@@ -82,8 +67,8 @@ def handle(cfg: Settings, message: PubSubMessage, store: RunStore | None = None)
     if route is None:
         raise PermanentFailure(f"trigger_training does not consume topic {message.topic!r}")
     store = store or RunStore(cfg)
-    if store.get("messages", message.delivery_key):
-        return Outcome("duplicate", f"message {message.message_id} was already handled")
+    if store.get(Collection.MESSAGES, message.delivery_key):
+        return Outcome(TriggerOutcome.DUPLICATE, f"message {message.message_id} was already handled")
     try:
         return route(cfg, store, message)
     except Unfinished as unfinished:
@@ -102,7 +87,7 @@ def continue_later(cfg: Settings, message: PubSubMessage, why: str) -> Outcome:
     publish_raw(cfg, message.topic, message.data, attributes)
     log.info("continued in a new delivery (%s): %s", attributes[CONTINUATION], why,
              extra={"correlation_id": message.correlation_id})
-    return Outcome("continued", why)
+    return Outcome(TriggerOutcome.CONTINUED, why)
 
 
 def on_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
@@ -115,7 +100,7 @@ def on_upload(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome
 def on_tick(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcome:
     tick = parse(ScheduleTick, message)
     key = f"tick-{tick.job}-{message.first_published:%Y%m%dT%H%M}"
-    cause = Cause(key=key, kind="schedule", correlation_id=key, message_id=message.message_id,
+    cause = Cause(key=key, kind=CauseKind.SCHEDULE, correlation_id=key, message_id=message.message_id,
                   delivery_key=message.delivery_key,
                   detail={"job": tick.job, "publish_time": message.first_published.isoformat()})
     return handle_isbns(cfg, store, cause, isbns=None)
@@ -127,8 +112,8 @@ def on_request(cfg: Settings, store: RunStore, message: PubSubMessage) -> Outcom
     # `bookcast request`, for a decision on every known ISBN.
     request = parse(TrainingRequest, message, defaults={
         "correlation_id": message.correlation_id or f"request-{message.delivery_key[:16]}"})
-    cause = Cause(key=f"request-{message.delivery_key}", kind="follow-up" if "follow-up" in request.requested_by
-                  else "request", correlation_id=request.correlation_id, message_id=message.message_id,
+    cause = Cause(key=f"request-{message.delivery_key}", kind=CauseKind.FOLLOW_UP if CauseKind.FOLLOW_UP in request.requested_by
+                  else CauseKind.REQUEST, correlation_id=request.correlation_id, message_id=message.message_id,
                   delivery_key=message.delivery_key,
                   forced=request.force, detail={"requested_by": request.requested_by, "reason": request.reason})
     return handle_isbns(cfg, store, cause, isbns=request.isbns or None)
@@ -138,11 +123,11 @@ def on_reconcile_tick(cfg: Settings, store: RunStore, message: PubSubMessage) ->
     from shared.reconcile import reconcile
 
     parse(ScheduleTick, message)
-    replayed = reconcile(cfg, store)
+    replayed = reconcile(cfg, store, handle_upload)
     flushed = leases.flush_follow_ups(store)
     # trigger_training owns launching: dead and failed runs are retried from its own tick.
     retried = reap_expired_leases(cfg, store) + retry_failed_shards(cfg, store)
-    return Outcome("accepted", f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested, "
+    return Outcome(TriggerOutcome.ACCEPTED, f"reconciled: {len(replayed)} upload(s) replayed, {flushed} follow-up(s) requested, "
                                f"{len(retried)} dead or failed run(s) retried")
 
 
@@ -151,20 +136,16 @@ ROUTES = {Topics.SALES_UPLOADS: on_upload, Topics.RETRAIN_TICKS: on_tick,
 
 
 # --- uploads ----------------------------------------------------------------------------------
-def upload_cause_key(obj: GcsObject) -> str:
-    return f"upload-{obj.upload_key}"
-
-
 def handle_upload(cfg: Settings, store: RunStore, obj: GcsObject, message_id: str, delivery_key: str) -> Outcome:
     source = f"gs://{obj.bucket}/{obj.name}#{obj.generation}"
-    cause = Cause(key=upload_cause_key(obj), kind="upload", correlation_id=obj.correlation_id,
+    cause = Cause(key=upload_cause_key(obj), kind=CauseKind.UPLOAD, correlation_id=obj.correlation_id,
                   message_id=message_id, delivery_key=delivery_key,
                   detail={"bucket": obj.bucket, "object": obj.name, "generation": obj.generation})
     with correlated(cause.correlation_id):
-        existing = store.get("causes", cause.key)
-        if existing and existing["status"] != DECIDING:
+        existing = store.get(Collection.CAUSES, cause.key)
+        if existing and existing["status"] != CauseStatus.DECIDING:
             finish_pending(cfg, store, existing)
-            return Outcome("duplicate", f"{source} was already handled", run_id=existing.get("run_id"))
+            return Outcome(TriggerOutcome.DUPLICATE, f"{source} was already handled", run_id=existing.get("run_id"))
         if obj.bucket != cfg.data_bucket:
             return reject(cfg, store, cause, obj, [f"gs://{obj.bucket}/{obj.name}: bucket: uploads are accepted "
                                                    f"only in gs://{cfg.data_bucket}"])
@@ -207,33 +188,33 @@ def read_upload(project: str, rules: sales.UploadRules, obj: GcsObject):
 
 
 def reject(cfg: Settings, store: RunStore, cause: Cause, obj: GcsObject, reasons: list[str]) -> Outcome:
-    doc = {**cause.as_dict(), "status": REJECTED, "reasons": reasons, "received_at": cause.received_at,
+    doc = {**cause.as_dict(), "status": CauseStatus.REJECTED, "reasons": reasons, "received_at": cause.received_at,
            "published": False}
 
     def record(transaction) -> bool:
-        ref = store.col("causes").document(cause.key)
+        ref = store.col(Collection.CAUSES).document(cause.key)
         snap = ref.get(transaction=transaction)
-        if snap.exists and snap.to_dict()["status"] != DECIDING:
+        if snap.exists and snap.to_dict()["status"] != CauseStatus.DECIDING:
             return False
         transaction.set(ref, doc)
-        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
+        transaction.set(store.col(Collection.MESSAGES).document(cause.delivery_key), {"cause": cause.key, "at": now()})
         return True
 
     if store.in_transaction(record):
         log.warning("rejected upload gs://%s/%s: %s", obj.bucket, obj.name, "; ".join(reasons[:3]),
                     extra={"reasons": reasons, "cause": cause.key})
-    finish_pending(cfg, store, store.get("causes", cause.key))
-    return Outcome("rejected", "; ".join(reasons))
+    finish_pending(cfg, store, store.get(Collection.CAUSES, cause.key))
+    return Outcome(TriggerOutcome.REJECTED, "; ".join(reasons))
 
 
 # --- ticks and requests -----------------------------------------------------------------------
 def handle_isbns(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str] | None) -> Outcome:
     with correlated(cause.correlation_id):
-        existing = store.get("causes", cause.key)
-        if existing and existing["status"] != DECIDING:
+        existing = store.get(Collection.CAUSES, cause.key)
+        if existing and existing["status"] != CauseStatus.DECIDING:
             finish_pending(cfg, store, existing)
-            return Outcome("duplicate", f"{cause.key} was already handled", run_id=existing.get("run_id"))
-        if cause.kind == "schedule":
+            return Outcome(TriggerOutcome.DUPLICATE, f"{cause.key} was already handled", run_id=existing.get("run_id"))
+        if cause.kind == CauseKind.SCHEDULE:
             reap_expired_leases(cfg, store)
         known = store.series_isbns()
         wanted = isbns or sorted(known)
@@ -255,7 +236,7 @@ class Upload:
 def stored_weeks(store: RunStore, isbns: list[str]) -> dict[str, int]:
     """How many weeks each ISBN's stored series has, read without its weeks."""
     return {isbn: doc.get("n_weeks", UNKNOWN_SERIES_WEEKS)
-            for isbn, doc in store.read_batched("series", isbns, field_paths=["n_weeks"]).items()}
+            for isbn, doc in store.read_batched(Collection.SERIES, isbns, field_paths=["n_weeks"]).items()}
 
 
 def group_ends(isbns: list[str], weeks: dict[str, int]) -> list[int]:
@@ -274,30 +255,30 @@ def group_ends(isbns: list[str], weeks: dict[str, int]) -> list[int]:
 def open_cause(store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> dict:
     """The cause's document, created on first sight with the run id, the ISBNs and where
     its groups end, so every resumption cuts the same groups."""
-    existing = store.get("causes", cause.key)
+    existing = store.get(Collection.CAUSES, cause.key)
     if existing:
         return unpack_isbns(existing)
     planned = sorted(isbns)
     stored = stored_weeks(store, planned)
     new_weeks = {i: len(upload.weeks_by_isbn[i]) for i in planned} if upload else {}
     ends = group_ends(planned, {i: stored.get(i, 0) + new_weeks.get(i, 0) for i in planned})
-    doc = {**cause.as_dict(), "status": DECIDING, "received_at": cause.received_at, "isbns": pack(planned),
+    doc = {**cause.as_dict(), "status": CauseStatus.DECIDING, "received_at": cause.received_at, "isbns": pack(planned),
            "group_ends": ends, "run_id": f"run-{now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", "published": True}
     try:  # a create is atomic on its own: no transaction for concurrent deliveries to collide in
-        store.col("causes").document(cause.key).create(doc)
+        store.col(Collection.CAUSES).document(cause.key).create(doc)
         return unpack_isbns(doc)
     except AlreadyExists:  # a concurrent delivery opened it first
-        return unpack_isbns(store.get("causes", cause.key))
+        return unpack_isbns(store.get(Collection.CAUSES, cause.key))
 
 
 def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str], upload: Upload | None) -> Outcome:
     opened = open_cause(store, cause, isbns, upload)
-    if opened["status"] != DECIDING:
+    if opened["status"] != CauseStatus.DECIDING:
         finish_pending(cfg, store, opened)
-        return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
+        return Outcome(TriggerOutcome.DUPLICATE, f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
     run_id, planned, ends = opened["run_id"], opened["isbns"], opened["group_ends"]
     groups = [planned[start:end] for start, end in zip([0] + ends[:-1], ends)]
-    done = {snap.id for snap in store.col("causes").document(cause.key).collection(GROUPS).select([]).stream()}
+    done = {snap.id for snap in store.col(Collection.CAUSES).document(cause.key).collection(GROUPS).select([]).stream()}
     decisions: list[Decision] = []
     versions = model_store.champion_versions(cfg)  # which version serves each ISBN: one paged search
     for index, group in enumerate(groups):
@@ -311,11 +292,11 @@ def decide_cause(cfg: Settings, store: RunStore, cause: Cause, isbns: list[str],
         decisions += decide_group(cfg, store, cause, run_id, index, group, upload, versions)
     log_decisions(cause, decisions)
     closed = close_cause(store, cause, run_id, len(groups))
-    finish_pending(cfg, store, store.get("causes", cause.key))
+    finish_pending(cfg, store, store.get(Collection.CAUSES, cause.key))
     if closed is None:
-        return Outcome("duplicate", f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
+        return Outcome(TriggerOutcome.DUPLICATE, f"{cause.key} was handled concurrently", run_id=opened.get("run_id"))
     leased, summary = closed
-    return Outcome(ACCEPTED, f"{summary[TRAIN]} to retrain, {summary[REFRESH]} to refresh, {summary[SKIP]} skipped, "
+    return Outcome(CauseStatus.ACCEPTED, f"{summary[TRAIN]} to retrain, {summary[REFRESH]} to refresh, {summary[SKIP]} skipped, "
                              f"{summary[COALESCE]} coalesced",
                    run_id=run_id if leased else None, decisions=decisions)
 
@@ -350,10 +331,10 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
     dead_shards: list[tuple[str, int]] = []  # expired leases this group takes over
 
     def apply(transaction) -> list[Decision]:
-        marker = store.col("causes").document(cause.key).collection(GROUPS).document(group_id(index))
+        marker = store.col(Collection.CAUSES).document(cause.key).collection(GROUPS).document(group_id(index))
         if marker.get(transaction=transaction).exists:
             return []
-        series_refs = {i: store.col("series").document(i) for i in isbns}
+        series_refs = {i: store.col(Collection.SERIES).document(i) for i in isbns}
         series = {i: unpack_series(doc) for i, doc in store.read_many(transaction, series_refs).items()}
         held = leases.read(store, transaction, isbns)
         decisions, decided = [], {}
@@ -390,7 +371,7 @@ def decide_group(cfg: Settings, store: RunStore, cause: Cause, run_id: str, inde
                                   run_id=run_id if d.isbn in leased else None, transaction=transaction)
         snapshot = snapshot_id(run_id, index) if leased else None
         if snapshot:
-            transaction.create(store.col(SNAPSHOTS).document(snapshot),
+            transaction.create(store.col(Collection.SNAPSHOTS).document(snapshot),
                                snapshot_document(run_id, {i: decided[i] for i in leased}))
         transaction.create(marker, {
             "leased": leased, "snapshot": snapshot, "data_hashes": {i: decided[i].data_hash for i in leased},
@@ -412,7 +393,7 @@ def close_cause(store: RunStore, cause: Cause, run_id: str, groups: int) -> tupl
     """Create the run from the groups' markers and mark the cause accepted; None if another
     delivery closed it first. The markers are read before the transaction (once written
     they never change): a catalogue's are megabytes, which the transaction need not hold."""
-    ref = store.col("causes").document(cause.key)
+    ref = store.col(Collection.CAUSES).document(cause.key)
     markers = [m.to_dict() for m in ref.collection(GROUPS).order_by(FieldPath.document_id()).stream()]
     if len(markers) != groups:  # every group is decided before closing: a partial run is a fault, retried
         raise RuntimeError(f"{cause.key}: {len(markers)} of {groups} group markers readable; a redelivery closes it")
@@ -426,14 +407,14 @@ def close_cause(store: RunStore, cause: Cause, run_id: str, groups: int) -> tupl
 
     def work(transaction):
         opened = ref.get(transaction=transaction).to_dict()
-        if opened["status"] != DECIDING:
+        if opened["status"] != CauseStatus.DECIDING:
             return None
         if leased:
             store.create_run(leased, cause.as_dict(), cause.correlation_id, store.cfg.launcher, run_id=run_id,
                              transaction=transaction, snapshot=sorted(m["snapshot"] for m in markers if m["snapshot"]))
-        transaction.update(ref, {"status": ACCEPTED, "run_id": run_id if leased else None, "launched": not leased,
+        transaction.update(ref, {"status": CauseStatus.ACCEPTED, "run_id": run_id if leased else None, "launched": not leased,
                                  "summary": summary, "decided_at": now()})
-        transaction.set(store.col("messages").document(cause.delivery_key), {"cause": cause.key, "at": now()})
+        transaction.set(store.col(Collection.MESSAGES).document(cause.delivery_key), {"cause": cause.key, "at": now()})
         return leased, summary
 
     try:
@@ -449,159 +430,13 @@ def finish_pending(cfg: Settings, store: RunStore, cause: dict | None) -> None:
         return
     from shared.pubsub import publish
 
-    ref = store.col("causes").document(cause["key"])
-    if cause["status"] == REJECTED and not cause.get("published"):
+    ref = store.col(Collection.CAUSES).document(cause["key"])
+    if cause["status"] == CauseStatus.REJECTED and not cause.get("published"):
         publish(cfg, Topics.REJECTED_INPUT, RejectedInput(correlation_id=cause["correlation_id"], bucket=cause["bucket"],
                                                      object_name=cause["object"], generation=cause["generation"],
                                                      reasons=cause["reasons"]))
         ref.update({"published": True})
-    if cause["status"] == ACCEPTED and cause.get("run_id") and not cause.get("launched"):
+    if cause["status"] == CauseStatus.ACCEPTED and cause.get("run_id") and not cause.get("launched"):
         if claim_launch(store, cause["run_id"]):
             launch_run(cfg, store, cause["run_id"])
         ref.update({"launched": True})
-
-
-def claim_launch(store: RunStore, run_id: str) -> bool:
-    """Exactly one launcher per run, even when two deliveries race to finish it."""
-    def claim(transaction) -> bool:
-        ref = store.col("runs").document(run_id)
-        run = ref.get(transaction=transaction).to_dict()
-        if run.get("launch_claimed"):
-            return False
-        transaction.update(ref, {"launch_claimed": now()})
-        return True
-
-    return store.in_transaction(claim)
-
-
-def max_shards(cfg: Settings) -> int:
-    """Locally the shards run side by side on this machine; on Vertex AI each is a replica."""
-    if cfg.launcher == "vertex":
-        return cfg.vertex.max_replicas
-    return cfg.training.local_shards or os.cpu_count() or 1
-
-
-def launch_run(cfg: Settings, store: RunStore, run_id: str, attempt: int = 1) -> None:
-    from shared.jobs import training_job
-    from shared.launch import launcher_for
-    from shared.pubsub import publish
-
-    run = store.run(run_id, with_results=False)
-    slices = shards.plan(sorted(run["data_hashes"]), cfg.training.isbns_per_shard, max_shards(cfg))
-    shards.create(store, run_id, slices, attempt)
-    job = training_job(cfg, run_id, run["data_hashes"], run["snapshot"], run["correlation_id"], run["cause"],
-                       cfg.launcher, attempt=attempt, refreshes=run.get("refreshes") or {}, shards=len(slices))
-    info = launcher_for(cfg).launch(job)
-    store.update_run(run_id, launch={**info.detail, "handle": info.handle}, attempt=attempt)
-    publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=run["correlation_id"], run_id=run_id, status="queued",
-                                                  isbns=run["isbns"], launcher=info.launcher,
-                                                  reason="; ".join(f"{i}: {', '.join(r)}" for i, r in
-                                                                   (run.get("decisions") or {}).items())[:1000]))
-
-
-# A run is retried once: a transient fault (MLflow or Firestore down while it ran, a job
-# that died) has usually passed by then, and a deterministic one is alerted, not repeated.
-MAX_ATTEMPTS = 2
-RETRY_AFTER = timedelta(minutes=5)  # a failed run's retry waits for the first reconcile tick after this
-
-
-LEASE_CHUNK = 400  # leases a retry claims per transaction
-
-
-def retry_shard(cfg: Settings, store: RunStore, old: dict, shard: dict, why: str) -> str | None:
-    """Launch the retry of a failed shard on the same decided series (the run's snapshot), as
-    a run of its own, at most once; returns the retry's run id if this call launched it."""
-    old_run_id, index = old["run_id"], shard["index"]
-    retried = store.col(shards.COLLECTION).document(shards.shard_id(old_run_id, index))
-    if old.get("attempt", 1) >= MAX_ATTEMPTS or not shard["isbns"]:
-        if "run_id" in shard:  # a retry that failed is alerted, not repeated
-            shards.settle_retry(store, old_run_id, index, shards.RETRY_EXHAUSTED)
-        return None
-    key = f"retry-{shards.shard_id(old_run_id, index)}"
-    cause = Cause(key=key, kind="retry", correlation_id=old.get("correlation_id", old_run_id), message_id=key,
-                  delivery_key=key, forced=True, detail={"retry_of": old_run_id, "shard": index})
-    run_id = f"{shards.shard_id(old_run_id, index)}-retry"
-    if store.col("runs").document(run_id).get().exists:
-        return None
-    # A shard holds up to 1,000 ISBNs, a lease is a write, and a commit takes 500: the leases are
-    # claimed LEASE_CHUNK a transaction first (as a cause's groups claim theirs), then the run
-    # is created. Leases left for a retry that never got created expire and are freed.
-    leased: list[str] = []
-    for start in range(0, len(shard["isbns"]), LEASE_CHUNK):
-        chunk = shard["isbns"][start:start + LEASE_CHUNK]
-
-        def claim(transaction, chunk=chunk) -> list[str]:
-            got, _ = leases.claim(store, transaction, leases.read(store, transaction, chunk), chunk, run_id,
-                                  cfg.training.lease_ttl_seconds, cause.as_dict())
-            return got
-
-        leased += store.in_transaction(claim)
-
-    def relaunch(transaction) -> bool:
-        if store.col("runs").document(run_id).get(transaction=transaction).exists:
-            return False
-        has_document = retried.get(transaction=transaction).exists  # not if it never launched
-        if has_document:
-            shards.settle_retry(store, old_run_id, index, shards.RETRY_DONE, run_id if leased else None, transaction)
-        if not leased:  # every ISBN is training in a newer run already: nothing to retry
-            return False
-        store.create_run(leased, cause.as_dict(), cause.correlation_id, cfg.launcher, run_id=run_id,
-                         transaction=transaction, attempt=old.get("attempt", 1) + 1, retry_of=old_run_id,
-                         retry_of_shard=index, snapshot=old["snapshot"],
-                         data_hashes={i: old["data_hashes"][i] for i in leased},
-                         decisions={i: [f"retry of {old_run_id} shard {index}: {why}"] for i in leased})
-        return True
-
-    if store.in_transaction(relaunch) and claim_launch(store, run_id):
-        launch_run(cfg, store, run_id, attempt=old.get("attempt", 1) + 1)
-        log.warning("run %s shard %d retried as %s: %s", old_run_id, index, run_id, why)
-        return run_id
-    return None
-
-
-LEASE_EXPIRED = "its lease expired: the shard's worker stopped reporting"
-
-
-def reap_shard(cfg: Settings, store: RunStore, old_run_id: str, index: int) -> list[str]:
-    """A shard whose worker stopped reporting: recorded failed (unless it ended already),
-    what it still holds freed (what waited on it is requested again), and retried once as a
-    new run naming it. The run's other shards go on. Returns the retries' run ids."""
-    old = store.run(old_run_id, with_results=False)
-    if not old:  # its cause stopped between deciding groups: resumed by redelivery or reconciling
-        leases.release_all(store, old_run_id)
-        return []
-    shard = shards.get(store, old_run_id, index)
-    if not shard:  # leased, never launched: the run as a whole failed; retried as the shards it would have had
-        store.update_run(old_run_id, status="failed", error=LEASE_EXPIRED)
-        leases.release_all(store, old_run_id)
-        planned = shards.plan(old["isbns"], cfg.training.isbns_per_shard, max_shards(cfg))
-        retries = [retry_shard(cfg, store, old, {"index": i, "isbns": isbns, "status": "failed"}, LEASE_EXPIRED)
-                   for i, isbns in enumerate(planned)]
-        return [r for r in retries if r]
-    shards.close(cfg, store, shards.ShardRef.of_run(old, shard), "failed", [], LEASE_EXPIRED)
-    shard = shards.get(store, old_run_id, index)  # as recorded: it may have ended on its own
-    leases.release_all(store, old_run_id, index)
-    if shard["status"] != "failed":  # it ended well and only its leases were left behind
-        return []
-    retry = retry_shard(cfg, store, old, shard, LEASE_EXPIRED)
-    return [retry] if retry else []
-
-
-def reap_expired_leases(cfg: Settings, store: RunStore) -> list[str]:
-    """Every shard whose leases expired, reaped (reap_shard)."""
-    expired = sorted({(lease["run_id"], lease.get("shard", 0)) for lease in leases.expired(store)})
-    return [retry for run_id, index in expired for retry in reap_shard(cfg, store, run_id, index)]
-
-
-def retry_failed_shards(cfg: Settings, store: RunStore) -> list[str]:
-    """Shards whose worker failed (an exception, e.g. MLflow unreachable while it
-    registered) are retried once, RETRY_AFTER after they failed."""
-    retries = []
-    for shard in shards.failed_unretried(store):
-        run = store.run(shard["run_id"], with_results=False)
-        if not run:
-            shards.settle_retry(store, shard["run_id"], shard["index"], shards.RETRY_EXHAUSTED)
-        elif now() - shard.get("finished_at", now()) >= RETRY_AFTER:
-            retry = retry_shard(cfg, store, run, shard, f"it failed: {str(shard.get('error', ''))[:200]}")
-            retries += [retry] if retry else []
-    return retries

@@ -15,16 +15,18 @@ from google.cloud.firestore_v1 import _helpers
 from google.cloud.firestore_v1.types import CommitRequest, Document
 
 from emulators.scheduler import fire
-from shared import model_store, shards, trigger
+from shared import model_store, trigger
+from shared.lifecycle import runs, shards
 from shared.events import PubSubMessage, Topics
 from shared.gcs import storage_client
-from shared.jobs import SNAPSHOTS, TrainingJob, training_job
+from shared.jobs import TrainingJob, training_job
 from shared.reconcile import reconcile
 from shared.runstore import RunStore, now
 from shared.sales import series_hash
 from shared.topology import load
 from shared.training import flow
-from shared.trigger import GROUPS, handle
+from shared.layout import GROUPS
+from shared.trigger import handle
 from tests.helpers import END, sample
 from tests.test_trigger import dry_cfg, notifications, upload  # noqa: F401  (fixture)
 
@@ -141,7 +143,7 @@ def test_a_400_isbn_500_week_file_is_decided_in_groups_that_respect_firestore_li
         group = marker.to_dict()["leased"]  # everything one group transaction wrote
         written = [store.get("series", i) for i in group] + [store.get("leases", i) for i in group]  # as stored
         written += [store.get("decisions", f"{cause.id}-{i}") for i in group]
-        written += [store.get(SNAPSHOTS, marker.to_dict()["snapshot"]), marker.to_dict()]
+        written += [store.get(Collection.SNAPSHOTS, marker.to_dict()["snapshot"]), marker.to_dict()]
         largest_group = max(largest_group, sum(stored_bytes(d) for d in written))
     stored = [store.get("runs", outcome.run_id), cause.get().to_dict()] + [store.get("series", i) for i in isbns[:5]]
     largest_doc = max(stored_bytes(d) for d in stored)
@@ -173,7 +175,7 @@ def commit_sizes(store) -> list[tuple[int, bool, int]]:
 def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_limits(cfg, cloud):
     """100,000 ISBNs' hashes and reasons are ~25 MB and their list ~1.7 MB: the run's own
     document could hold neither, nor one commit all of its parts."""
-    from shared.runstore import RUN_PARTS
+    from shared.layout import Collection
 
     store = RunStore(cfg)
     isbns = [f"978{n:010d}" for n in range(100_000)]
@@ -191,7 +193,7 @@ def test_a_catalogue_run_keeps_every_document_and_commit_under_the_firestore_lim
     # 13 commits of parts, then the run's document in the transaction
     assert [transactional for _, transactional, _ in sizes] == [False] * 13 + [True]
     assert max(size for size, _, _ in sizes) < FIRESTORE_REQUEST_LIMIT / 2
-    parts = [d.to_dict() for d in store.col(RUN_PARTS).stream()]
+    parts = [d.to_dict() for d in store.col(Collection.RUN_PARTS).stream()]
     assert len(parts) == 100
     assert max(stored_bytes(d) for d in [store.get("runs", run_id)] + parts) < FIRESTORE_DOCUMENT_LIMIT / 2
     run = store.run(run_id, with_results=False)
@@ -210,13 +212,13 @@ def test_a_failed_shard_of_1000_isbns_is_retried_in_commits_firestore_takes(dry_
     shards.create(store, run_id, [isbns], attempt=1, leased=False)
     shards.finish(store, run_id, 0, "failed", error="MLflow unreachable")
     sizes = commit_sizes(store)
-    retry = trigger.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
+    retry = runs.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
                                 "it failed")
     assert retry == f"{shards.shard_id(run_id, 0)}-retry"
     assert max(writes for _, _, writes in sizes) <= FIRESTORE_COMMIT_WRITES
     assert sorted(store.run(retry)["isbns"]) == isbns
     assert {lease["run_id"] for lease in store.stream("leases")} == {retry}
-    assert trigger.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
+    assert runs.retry_shard(dry_cfg, store, store.run(run_id, with_results=False), shards.get(store, run_id, 0),
                                "it failed") is None  # once
 
 
@@ -262,7 +264,7 @@ def test_uploads_missed_during_an_outage_are_replayed_once_by_the_reconciler(dry
     assert handle(dry_cfg, tick).detail.startswith("reconciled: 2 upload(s) replayed")
     store = RunStore(dry_cfg)
     assert len(store.runs()) == 2
-    assert reconcile(dry_cfg, store) == []  # idempotent
+    assert reconcile(dry_cfg, store, trigger.handle_upload) == []  # idempotent
     assert {handle(dry_cfg, m).status for m in dead_lettered} == {"duplicate"}
     hashed = next(r for r in store.runs() if "#47" in r["cause"]["object"])
     assert len(trained_series(job_of(dry_cfg, store, hashed["run_id"]))) == 1
@@ -351,7 +353,8 @@ def test_a_poison_dead_letter_is_alerted_not_redelivered(dry_cfg, probe, functio
 
 def test_forged_internal_events_are_rejected_and_counted_signed_ones_alert(dry_cfg, probe, functions_env):
     from functions.monitor.main import monitor
-    from shared.events import IsbnResult, TrainingEvent, encode
+    from shared.events import IsbnResult, TrainingEvent
+    from shared.signing import encode
 
     event = TrainingEvent(correlation_id="cid-f", run_id="run-forged", status="failed", isbns=["9780306406157"],
                           reason="<!channel> click http://evil.example", shard="1/1",

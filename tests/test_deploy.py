@@ -185,10 +185,10 @@ def test_verify_checks_the_plan_and_the_forecast_function(cloud, mlflow_server, 
 
 
 LAZY_IMPORTS = {  # what each function imports while handling requests, beyond main.py's imports
-    "trigger_training": "shared.trigger, shared.launch, shared.shards, shared.training.flow, google.auth.transport.requests",
-    "monitor": "shared.monitoring, shared.alerting, shared.trigger, shared.launch",
+    "trigger_training": "shared.trigger, shared.lifecycle.launch, shared.lifecycle.shards, shared.training.flow, google.auth.transport.requests",
+    "monitor": "shared.monitoring, shared.alerting, shared.trigger, shared.lifecycle.launch",
     "forecast": "shared.serving, shared.plots, matplotlib.pyplot",
-    "rollback": "shared.rollback, shared.identity, shared.registry, mlflow, google.auth.jwt, "
+    "rollback": "shared.admin_api, shared.rollback, shared.identity, shared.registry, mlflow, google.auth.jwt, "
                 "cryptography.hazmat.primitives.asymmetric.rsa",
     "dashboard": "shared.dashboard.charts, shared.serving, shared.plots, shared.trace, google.cloud.firestore",
 }
@@ -236,7 +236,7 @@ def test_each_function_imports_everything_it_uses_from_its_own_requirements(stag
 
 def test_the_trainer_image_holds_only_what_the_worker_uses_and_trains_with_it(tmp_path):
     context = stage_trainer(tmp_path, load().trainer)
-    assert "COPY requirements.txt" in (context / "Dockerfile").read_text() and (context / "shared" / "shards.py").exists()
+    assert "COPY requirements.txt" in (context / "Dockerfile").read_text() and (context / "shared" / "lifecycle" / "shards.py").exists()
     locked = {line.split("==")[0]: line for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
     pinned = {line.split("==")[0]: line for line in (context / "requirements.txt").read_text().splitlines()
               if "==" in line}

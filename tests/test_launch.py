@@ -11,13 +11,13 @@ from pydantic import SecretStr
 
 from shared.config import load_settings
 from shared.jobs import TrainingJob, training_job
-from shared.launch import VertexLauncher, launcher_for
+from shared.lifecycle.launch import VertexLauncher, launcher_for
 
 
 def test_vertex_dry_run_writes_one_custom_job_whose_replicas_are_the_shards(tmp_path, monkeypatch):
     from google.cloud.aiplatform_v1.types import CustomJob
 
-    from shared.shards import index_from_environment
+    from shared.lifecycle.shards import index_from_environment
 
     monkeypatch.setenv("BOOKCAST_PROJECT_ID", "bookcast-prod")
     cfg = load_settings("production").model_copy(update={"state_dir": str(tmp_path)})

@@ -16,16 +16,19 @@ from pydantic import SecretStr
 from emulators.processes import stop
 from emulators.stack import Ports
 from emulators.wiring import wire
-from shared import champions, leases, monitoring, registry
+from shared import champions, monitoring, registry
+from shared.lifecycle import leases
 from shared.alerting import Alert
 from shared.dashboard.fleet import measured_degraded
-from shared.events import IsbnResult, PubSubMessage, RejectedInput, TrainingEvent, encode
+from shared.events import IsbnResult, PubSubMessage, RejectedInput, TrainingEvent
+from shared.signing import encode
 from shared.forecasting import models
 from shared.forecasting.models import ModelSpec
 from shared.monitoring import on_message, worsening
 from shared.model_store import resolve
 from shared.pubsub import publish
-from shared.runstore import CHAMPIONS, DEGRADATION, RunStore, now
+from shared.runstore import RunStore, now
+from shared.layout import Collection
 from shared.training.per_isbn import serving_forecast
 from tests.helpers import Inbox, sample
 
@@ -182,7 +185,7 @@ def test_no_unserved_alert_while_the_first_training_holds_a_lease(alerting_cfg, 
                                                 600, {"key": "upload-1"}))
     assert on_message(alerting_cfg, tick("t1"))["sent"] == [f"unserved:{idle}"]
     # The first training ended without a servable model: now the ISBN is unserved for real.
-    store.col(leases.COLLECTION).document(training).delete()
+    store.col(Collection.LEASES).document(training).delete()
     assert on_message(alerting_cfg, tick("t2"))["sent"] == [f"unserved:{training}"]
     assert len(inbox.slack) == 2 and training not in inbox.slack[0]["text"]
 
@@ -263,7 +266,7 @@ def test_a_new_champion_worse_than_the_one_it_replaced_is_alerted(alerting_cfg, 
     title, _ = worsening(alerting_cfg, target, champions.lineages(alerting_cfg, store, {worse: target.version})[worse])
     assert title == f"{worse} v{refreshed} is worse than v{first}, the champion it replaced"
     # An entry indexed before lineage was kept has it worked out once, and kept.
-    entry = store.col(CHAMPIONS).document(worse)
+    entry = store.col(Collection.CHAMPIONS).document(worse)
     entry.update({champions.LINEAGE: firestore.DELETE_FIELD})
     assert champions.lineages(alerting_cfg, store, {worse: refreshed})[worse]["version"] == first
     assert entry.get().to_dict()[champions.LINEAGE] == {"of": refreshed, "version": first, "metrics": {
@@ -295,7 +298,7 @@ def test_an_isbn_decided_before_measures_were_kept_is_judged_once_they_are_worke
     store.record_decision(isbn, "train", ["degraded"], {"champion_version": version, "degradation": {
         "unseen_weeks": 5, "unseen_abs_error": 65.0, "new_weeks_scored": 5, "unseen_mae": 13.0, "holdout_mae": 10.0,
         "ratio": 1.3}}, {"key": "u1"}, "c")
-    measure = store.col(DEGRADATION).document(isbn)
+    measure = store.col(Collection.DEGRADATION).document(isbn)
     measure.delete()  # as a deployment from before measures were kept left it
     assert on_message(alerting_cfg, tick("t1"))["sent"] == [f"degraded:{isbn}"]  # found in its decisions
     assert measure.get().to_dict()["version"] == version  # and kept: the next tick reads it

@@ -12,7 +12,7 @@ from emulators.stack import Ports
 from emulators.wiring import wire
 from shared.gcs import storage_client
 from shared.runstore import RunStore
-from shared.trigger import DECIDING
+from shared.states import CauseStatus
 
 OUTAGE_SECONDS = 100
 REPLAY_WITHIN_SECONDS = 120
@@ -63,7 +63,7 @@ def test_an_upload_dead_lettered_during_a_100_s_outage_is_decided_within_2_minut
                                        extra_env=env)
         back = time.monotonic()
         cause = wait_for(lambda: next((c for c in store.stream("causes")
-                                       if c.get("correlation_id") == cid and c["status"] != DECIDING), None),
+                                       if c.get("correlation_id") == cid and c["status"] != CauseStatus.DECIDING), None),
                          timeout=REPLAY_WITHIN_SECONDS)
         waited = time.monotonic() - back
         assert cause is not None, f"the upload was not decided within {REPLAY_WITHIN_SECONDS} s of recovery"

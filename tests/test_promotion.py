@@ -21,7 +21,10 @@ from shared.gcs import storage_client
 from shared.identity import LOCAL_ISSUER, Caller, mint_local_token
 from shared.registry import CHALLENGER
 from shared.rollback import RollbackRequest, rollback
-from shared.runstore import APPROVALS, CHALLENGES, SHADOW_SCORES, RunStore
+from shared.runstore import RunStore
+from shared.layout import Collection
+from shared.states import ApprovalStatus, TrialStatus
+from shared.layout import Collection
 from shared.sales import series_hash, weeks_of
 from shared.serving import in_canary
 from shared.training.per_isbn import serving_forecast
@@ -99,7 +102,7 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     assert (CHALLENGER, "challenge") in {(e["alias"], e["action"]) for e in probe.messages("model-changes", at_least=8)}
 
     # The winner's new weeks are what its challenger forecast; the loser's, its champion's.
-    trial = store.get(CHALLENGES, loser)
+    trial = store.get(Collection.CHALLENGES, loser)
     challenger_means = promotion.weekly_means(
         model_store.serving_forecast(cfg, registry.version_by_alias(cfg, winner, CHALLENGER).run_id))
     champion_means = json.loads(trial["champion_forecast"])
@@ -107,10 +110,10 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     future["units"] = [max(0, round(means[i][str(w)])) for i, w in zip(future["isbn"], future["week"])]
 
     deliver(cfg, probe, "history.csv", history)  # nothing after the trials' data: nothing scored
-    assert list(store.col(SHADOW_SCORES).stream()) == []
+    assert list(store.col(Collection.SHADOW_SCORES).stream()) == []
     first_week = future[future["week"] == future["week"].min()]
     deliver(cfg, probe, "week-1.csv", first_week)
-    assert store.get(CHALLENGES, winner)["status"] == promotion.ON_TRIAL  # 1 of 2 weeks
+    assert store.get(Collection.CHALLENGES, winner)["status"] == TrialStatus.ON_TRIAL  # 1 of 2 weeks
     deliver(cfg, probe, "weeks-2-3.csv", future[future["week"] > future["week"].min()])
 
     scores = promotion.shadow_scores(store, winner, challengers[winner])
@@ -120,14 +123,14 @@ def test_risky_candidates_go_on_trial_and_are_promoted_or_retired_by_their_score
     promoted = [m for m in store.alias_history(winner) if m["alias"] == "champion"][-1]
     assert (promoted["action"], promoted["actor"]) == ("promote", promotion.SHADOW_ACTOR)
     assert "won the shadow scoring" in promoted["reason"]
-    assert store.get(CHALLENGES, winner)["status"] == promotion.PROMOTED
+    assert store.get(Collection.CHALLENGES, winner)["status"] == TrialStatus.PROMOTED
     decided = [d for d in store.decisions(isbn=winner) if d["cause"].get("object", "").endswith("weeks-2-3.csv")]
     assert decided[0]["inputs"]["champion_version"] == challengers[winner]  # decided as the new champion
 
     assert served_version(cfg, loser) == champions[loser] and served_version(cfg, loser, CHALLENGER) is None
     retired = store.alias_history(loser)[-1]
     assert (retired["alias"], retired["action"], retired["from_version"]) == (CHALLENGER, "retire", challengers[loser])
-    assert "lost the shadow scoring" in retired["reason"] and store.get(CHALLENGES, loser)["status"] == promotion.RETIRED
+    assert "lost the shadow scoring" in retired["reason"] and store.get(Collection.CHALLENGES, loser)["status"] == TrialStatus.RETIRED
 
 
 def on_trial(cfg, store, seed: int, require_approval: bool) -> tuple[str, str, str]:
@@ -136,8 +139,8 @@ def on_trial(cfg, store, seed: int, require_approval: bool) -> tuple[str, str, s
     isbn = frame["isbn"].iloc[0]
     champion = register_fitted(cfg, store, isbn, frame, "theta", "champion")
     challenger = register_fitted(cfg, store, isbn, frame, "theta", CHALLENGER, scale=1.2)
-    store.col(CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
-                                              "status": promotion.ON_TRIAL, "require_approval": require_approval})
+    store.col(Collection.CHALLENGES).document(isbn).set({"isbn": isbn, "version": challenger, "champion_version": champion,
+                                              "status": TrialStatus.ON_TRIAL, "require_approval": require_approval})
     return isbn, champion, challenger
 
 
@@ -145,16 +148,16 @@ def test_a_won_trial_settled_by_concurrent_deliveries_is_promoted_once(cfg, prob
     store = RunStore(cfg)
     isbn, _, challenger = on_trial(cfg, store, seed=62, require_approval=False)
     for week in ("2026-11-09", "2026-11-16"):
-        store.col(SHADOW_SCORES).document(f"{isbn}-v{challenger}-{week}").set({
+        store.col(Collection.SHADOW_SCORES).document(f"{isbn}-v{challenger}-{week}").set({
             "isbn": isbn, "version": challenger, "week": week, "challenger_error": 1.0, "champion_error": 3.0})
-    trial = store.get(CHALLENGES, isbn)
+    trial = store.get(Collection.CHALLENGES, isbn)
     settling = cfg.model_copy(update={"promotion": cfg.promotion.model_copy(update={"weeks_to_decide": 2})})
     with ThreadPoolExecutor(3) as pool:  # two uploads and a redelivery scoring the same weeks
         outcomes = list(pool.map(lambda cid: promotion.settle(settling, store, trial, cid), ["c1", "c2", "c3"]))
     assert sorted(o.split(":")[0] for o in outcomes) == ["promoted"] + ["settled by another delivery"] * 2
     moves = [m for m in store.alias_history(isbn) if m["action"] == "promote" and m["actor"] == promotion.SHADOW_ACTOR]
     assert [m["to_version"] for m in moves] == [challenger]
-    assert served_version(cfg, isbn) == challenger and store.get(CHALLENGES, isbn)["status"] == promotion.PROMOTED
+    assert served_version(cfg, isbn) == challenger and store.get(Collection.CHALLENGES, isbn)["status"] == TrialStatus.PROMOTED
 
 
 def test_an_approval_never_overrides_the_settling_of_its_trial(cfg, probe):
@@ -165,12 +168,12 @@ def test_an_approval_never_overrides_the_settling_of_its_trial(cfg, probe):
     with pytest.raises(promotion.ApprovalError, match="being settled by shadow-scoring"):
         promotion.decide_approval(cfg, isbn, challenger, True, "looks fine", "lead@bookcast.local", store=store)
     assert served_version(cfg, isbn) == champion
-    assert store.get(APPROVALS, promotion.approval_id(isbn, challenger))["status"] == promotion.PENDING
-    store.col(CHALLENGES).document(isbn).update({"status": promotion.RETIRED, "outcome": "lost: MAE 3 vs 1"})
+    assert store.get(Collection.APPROVALS, promotion.approval_id(isbn, challenger))["status"] == ApprovalStatus.PENDING
+    store.col(Collection.CHALLENGES).document(isbn).update({"status": TrialStatus.RETIRED, "outcome": "lost: MAE 3 vs 1"})
     with pytest.raises(promotion.ApprovalError, match="approval is withdrawn"):
         promotion.decide_approval(cfg, isbn, challenger, True, "looks fine", "lead@bookcast.local", store=store)
     assert served_version(cfg, isbn) == champion
-    assert store.get(APPROVALS, promotion.approval_id(isbn, challenger))["status"] == promotion.WITHDRAWN
+    assert store.get(Collection.APPROVALS, promotion.approval_id(isbn, challenger))["status"] == ApprovalStatus.WITHDRAWN
 
 
 def test_canary_serving_is_deterministic_per_caller_and_labelled(cloud, cfg, probe):
@@ -243,7 +246,7 @@ def test_a_risky_promotion_waits_for_approval_and_round_trips_with_an_audit_reco
     assert audit["actor"].endswith("(bookcast cli)")
     move = [m for m in store.alias_history(isbn) if m["alias"] == "champion"][-1]
     assert (move["to_version"], move["actor"]) == (first, audit["actor"]) and "approved by" in move["reason"]
-    assert store.get(APPROVALS, promotion.approval_id(isbn, first))["status"] == promotion.APPROVED
+    assert store.get(Collection.APPROVALS, promotion.approval_id(isbn, first))["status"] == ApprovalStatus.APPROVED
     again = promotion.decide_approval(cfg, isbn, first, True, "checked the launch plan", "someone", store)
     assert again == {**result, "replayed": True}
     with pytest.raises(promotion.ApprovalError, match="approved already"):

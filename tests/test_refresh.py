@@ -7,12 +7,13 @@ from datetime import date, timedelta
 
 import pytest
 
-from shared import leases, model_store, registry
-from shared.registry import Tags
+from shared import model_store, registry
+from shared.version_tags import Tag
 from shared.runstore import RunStore
 from tests.helpers import run_training, sample, write_csv
 from tests.test_end_to_end import finished_runs, wait_for
 from tests.test_trigger import upload
+from shared.layout import Collection
 
 pytestmark = pytest.mark.usefixtures("mlflow_server")
 
@@ -36,7 +37,7 @@ def test_upload_then_new_weeks_then_a_resend_train_refresh_skip(cfg, probe, trig
     assert all(served_start(cfg, i) == cut + timedelta(weeks=1) for i in isbns)
 
     # The run ends when its leases are released; an upload before that would be a follow-up.
-    wait_for(lambda: not list(store.col(leases.COLLECTION).limit(1).stream()), 30, "the first run's leases")
+    wait_for(lambda: not list(store.col(Collection.LEASES).limit(1).stream()), 30, "the first run's leases")
     upload(cfg, "increment.csv", increment)  # 26 new weeks, nothing before them changed
     runs = wait_for(lambda: finished_runs(store, 2), 120, "the refresh run")
     refresh_run = next(r for r in runs if r["run_id"] != first["run_id"])
@@ -47,13 +48,13 @@ def test_upload_then_new_weeks_then_a_resend_train_refresh_skip(cfg, probe, trig
     client = registry.client(cfg)
     for isbn in isbns:
         served = model_store.resolve(cfg, isbn)
-        assert served.tags[Tags.KIND] == "refresh" and served.tags[Tags.REFRESHES] == trained[isbn].version
-        assert served.tags[Tags.FITTED_AT] == trained[isbn].tags[Tags.FITTED_AT]  # the same fitted parameters
-        assert served.tags[Tags.DATA_HASH] == store.get("series", isbn)["data_hash"]
+        assert served.tags[Tag.KIND] == "refresh" and served.tags[Tag.REFRESHES] == trained[isbn].version
+        assert served.tags[Tag.FITTED_AT] == trained[isbn].tags[Tag.FITTED_AT]  # the same fitted parameters
+        assert served.tags[Tag.DATA_HASH] == store.get("series", isbn)["data_hash"]
         assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)
         assert store.alias_history(isbn)[-1]["action"] == "refresh"
         original = client.get_model_version(cfg.model_name(isbn), trained[isbn].version)
-        assert int(served.tags[Tags.UNSEEN_WEEKS]) == 26 and original.tags["metric.mae"] == served.tags["metric.mae"]
+        assert int(served.tags[Tag.UNSEEN_WEEKS]) == 26 and original.tags["metric.mae"] == served.tags["metric.mae"]
 
     upload(cfg, "increment-resent.csv", increment)  # the same data again, under another name
     resent = wait_for(lambda: [d for d in store.decisions() if d["cause"].get("object", "").endswith("resent.csv")]
@@ -77,12 +78,12 @@ def test_a_quarantined_retrain_re_estimates_the_champion_so_a_fresh_forecast_is_
     now_served = model_store.resolve(cfg, isbn)
     if result["status"] == "quarantined":  # the champion did best of the fallbacks on the backtests
         assert f"champion v{served.version} re-estimated" in result["reason"]
-        assert now_served.tags[Tags.KIND] == "refit" and now_served.tags[Tags.REFRESHES] == served.version
+        assert now_served.tags[Tag.KIND] == "refit" and now_served.tags[Tag.REFRESHES] == served.version
         assert now_served.tags["family"] == served.tags["family"]
     else:  # a fallback beat the champion's structure on the same weeks and replaced it
         assert result["status"] == "baseline" and "lowest mean absolute error of the fallbacks" in result["reason"]
         assert now_served.tags["baseline"] == "true" and now_served.version != served.version
-    assert now_served.tags[Tags.FITTED_AT] > served.tags[Tags.FITTED_AT]  # new parameters: no retrain loop for age
+    assert now_served.tags[Tag.FITTED_AT] > served.tags[Tag.FITTED_AT]  # new parameters: no retrain loop for age
     assert served_start(cfg, isbn) == frame["week"].max() + timedelta(weeks=1)
 
 

@@ -18,7 +18,8 @@ from shared import model_store, registry, release
 from shared.forecasting import models
 from shared.forecasting.models import ModelSpec
 from shared.gcs import storage_client
-from shared.runstore import APPROVALS, RunStore
+from shared.runstore import RunStore
+from shared.layout import Collection
 from shared.training.per_isbn import serving_forecast
 from tests.helpers import sample
 
@@ -91,8 +92,8 @@ def test_a_staging_version_reaches_production_with_its_manifest_behind_an_approv
     assert model_store.serving_forecast(production, imported.run_id) == model_store.serving_forecast(
         cfg, registry.version_by_alias(cfg, isbn).run_id)  # the very forecast staging served
     assert registry.version_by_alias(production, isbn) is None  # not served before the approval
-    assert RunStore(production).get(APPROVALS, f"{isbn}-v1")["status"] == "pending"
-    assert list(RunStore(cfg).stream(APPROVALS)) == []
+    assert RunStore(production).get(Collection.APPROVALS, f"{isbn}-v1")["status"] == "pending"
+    assert list(RunStore(cfg).stream(Collection.APPROVALS)) == []
 
     approved = bookcast(in_production, "approve", isbn, "1", "--reason", "release board 2026-11-26")
     assert approved.returncode == 0, approved.stderr

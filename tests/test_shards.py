@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared import registry, shards
-from shared.runstore import TERMINAL, RunStore
+from shared import registry
+from shared.lifecycle import shards
+from shared.runstore import RunStore
+from shared.states import TERMINAL_RUN
 from shared.trigger import handle
 from tests.helpers import sample
 from tests.test_end_to_end import wait_for
@@ -39,10 +41,10 @@ def test_an_upload_trains_in_two_shard_workers_and_each_serves_as_it_finishes(cf
     upload(cfg, "catalogue.csv", frame)
     outcome = handle(cfg, notifications(probe, 1)[0])  # decides, then launches real local shard workers
     store = RunStore(cfg)
-    run = wait_for(lambda: (r := store.run(outcome.run_id)) and r["status"] in TERMINAL and r, 400, "the run to end")
+    run = wait_for(lambda: (r := store.run(outcome.run_id)) and r["status"] in TERMINAL_RUN and r, 400, "the run to end")
 
     assert run["status"] == "succeeded" and run["shards"] == 2
-    parts = shards.of_run(store, outcome.run_id)
+    parts = store.run_shards(outcome.run_id)
     assert [len(p["isbns"]) for p in parts] == [2, 2] and all(p["status"] == "succeeded" for p in parts)
     assert len({p["handle"] for p in parts}) == 2, "each shard ran in its own worker process"
     assert set(run["results"]) == set(frame["isbn"]) and sum(run["counts"].values()) == 4
@@ -69,7 +71,7 @@ def test_one_shard_is_cancelled_while_the_other_goes_on(cfg, probe, bucket):
     upload(cfg, "slow.csv", frame)
     outcome = handle(slow, notifications(probe, 1)[0])
     store = RunStore(cfg)
-    wait_for(lambda: (parts := shards.of_run(store, outcome.run_id)) and all(p["status"] == "running" for p in parts),
+    wait_for(lambda: (parts := store.run_shards(outcome.run_id)) and all(p["status"] == "running" for p in parts),
              120,
              "both shards to run")
 
@@ -84,6 +86,6 @@ def test_one_shard_is_cancelled_while_the_other_goes_on(cfg, probe, bucket):
 
     # The whole run, as an operator does it: the remaining shard stops too, and the run closes.
     assert run_handler(build_parser().parse_args(["cancel", outcome.run_id]), cfg) == 0
-    run = wait_for(lambda: (r := store.run(outcome.run_id)) and r["status"] in TERMINAL and r, 40, "the run to close")
+    run = wait_for(lambda: (r := store.run(outcome.run_id)) and r["status"] in TERMINAL_RUN and r, 40, "the run to close")
     assert run["status"] == "cancelled"
     wait_for(lambda: not list(store.col("leases").stream()), 15, "every ISBN to be free")

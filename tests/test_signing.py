@@ -5,7 +5,8 @@ from __future__ import annotations
 import google.auth.exceptions
 import pytest
 
-from shared import launch, signing
+from shared import signing
+from shared.lifecycle import launch
 
 
 @pytest.fixture(autouse=True)

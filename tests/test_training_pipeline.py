@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared import registry, shards
+from shared import registry
 from shared.forecasting.models import COMBINATION, FAMILIES
 from shared.runstore import RunStore
+from shared.layout import Collection
 from tests.helpers import run_training, sample, short_series, write_csv
 
 pytestmark = pytest.mark.usefixtures("mlflow_server", "probe")
@@ -30,7 +31,7 @@ def test_pipeline_registers_lineage_and_promotes_only_what_passes(cfg, probe, tm
 
     store = RunStore(cfg)
     run = store.run(run_id)
-    (shard,) = shards.of_run(store, run_id)
+    (shard,) = store.run_shards(run_id)
     assert run["status"] == summary["status"] == shard["status"] == "succeeded"
     assert shard["zenml_run_id"] and set(run["results"]) == set(results)
     assert {i for i, r in run["results"].items() if r.get("mlflow_run_id") and r.get("version")} == set(trained)
@@ -110,7 +111,7 @@ def test_failing_gates_quarantine_then_baseline_serves_then_champion_is_guarded(
 
 
 def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg, tmp_path):
-    from shared.jobs import SNAPSHOTS, decided_from_files, prepare_run, snapshot_series
+    from shared.jobs import decided_from_files, prepare_run, snapshot_series
     from shared.runstore import pack
     from shared.sales import UploadRules
     from shared.training.worker import execute
@@ -121,9 +122,9 @@ def test_a_series_that_is_not_what_was_decided_is_refused_and_the_rest_train(cfg
     store = RunStore(cfg)
     job = prepare_run(cfg, store, series, {"kind": "forced", "key": "k", "forced": True}, "cid-tamper", "local")
     (snapshot,) = job.snapshot
-    stored = snapshot_series(store.get(SNAPSHOTS, snapshot))
+    stored = snapshot_series(store.get(Collection.SNAPSHOTS, snapshot))
     stored[tampered]["units"] = [1] * 104
-    store.col(SNAPSHOTS).document(snapshot).update({"packed": pack(stored)})
+    store.col(Collection.SNAPSHOTS).document(snapshot).update({"packed": pack(stored)})
     results = {r["isbn"]: r for r in execute(job.model_dump(mode="json"))["results"]}
     assert results[tampered]["status"] == "refused" and "does not hash to the decided" in results[tampered]["reason"]
     assert results[honest]["status"] in ("promoted", "baseline", "quarantined")

@@ -9,13 +9,15 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from shared import leases, shards
+from shared.lifecycle import leases, shards
 from shared.events import PubSubMessage
 from shared.gcs import storage_client
 from shared.runstore import RunStore, now
 from shared.sales import to_csv
-from shared.trigger import handle, reap_expired_leases
+from shared.lifecycle.runs import reap_expired_leases
+from shared.trigger import handle
 from tests.helpers import sample
+from shared.layout import Collection
 
 
 @pytest.fixture
@@ -154,7 +156,7 @@ def test_scheduled_tick_decides_for_every_known_isbn_once(dry_cfg, probe, bucket
 
 
 def test_a_living_job_keeps_its_lease(dry_cfg, probe, bucket):
-    from shared.leases import Heartbeat
+    from shared.lifecycle.leases import Heartbeat
 
     short = dry_cfg.model_copy(update={"training": dry_cfg.training.model_copy(update={"lease_ttl_seconds": 3})})
     upload(short, "e.csv", sample(1, years=2, seed=6))
@@ -227,12 +229,12 @@ def fail_shard(store: RunStore, run_id: str, index: int = 0, minutes_ago: float 
 
 
 def age_shard(store: RunStore, run_id: str, index: int, minutes_ago: float) -> None:
-    store.col(shards.COLLECTION).document(shards.shard_id(run_id, index)).update(
+    store.col(Collection.SHARDS).document(shards.shard_id(run_id, index)).update(
         {"finished_at": now() - timedelta(minutes=minutes_ago)})
 
 
 def test_a_failed_shard_is_retried_once_on_its_decided_series_after_a_pause(dry_cfg, probe, bucket):
-    from shared.trigger import retry_failed_shards
+    from shared.lifecycle.runs import retry_failed_shards
 
     upload(dry_cfg, "h.csv", sample(1, years=2, seed=14))
     first = handle(dry_cfg, notifications(probe, 1)[0])

@@ -7,7 +7,8 @@ from flask import Response, jsonify
 
 from shared.config import settings
 from shared.logs import configure, get_logger
-from shared.serving import ApiError, ForecastService, parse_query, served_header, to_csv, to_png
+from shared.api_errors import ApiError
+from shared.serving import ForecastService, parse_query, served_header, to_csv, to_png
 
 configure(http=True)
 log = get_logger("forecast")

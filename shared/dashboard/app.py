@@ -18,8 +18,11 @@ from shared import alerting, isbn as isbn_rules, model_store
 from shared.config import Settings, settings
 from shared.dashboard import charts, inbox
 from shared.dashboard.fleet import STATE_MEANING, STATES, counts, fleet, select
-from shared.runstore import RUN_STATES, RunStore, now, unpack_isbns
+from shared.runstore import RunStore, now, unpack_isbns
+from shared.states import RunStatus
 from shared.trace import timeline
+from shared.layout import Collection
+from shared.causes import CauseKind
 
 LIST_LIMIT = 200  # rows on the runs, uploads and alerts pages (newest first)
 DRIFT_LIMIT = 5000  # decisions with a degradation measurement read for the drift page
@@ -105,9 +108,9 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
     @app.get("/runs")
     def runs_page():
         status = request.args.get("status") or None
-        if status and status not in RUN_STATES:
-            abort(400, f"unknown run status {status!r}; one of {', '.join(RUN_STATES)}")
-        return render_template("runs.html", runs=db().runs(limit=LIST_LIMIT, status=status), statuses=RUN_STATES,
+        if status and status not in tuple(RunStatus):
+            abort(400, f"unknown run status {status!r}; one of {', '.join(tuple(RunStatus))}")
+        return render_template("runs.html", runs=db().runs(limit=LIST_LIMIT, status=status), statuses=tuple(RunStatus),
                                status=status, duration=duration, tally=tally)
 
     @app.get("/runs/<run_id>")
@@ -122,7 +125,7 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
     def uploads_page():
         from google.cloud import firestore
 
-        query = db().col("causes").where(filter=firestore.FieldFilter("kind", "==", "upload"))
+        query = db().col(Collection.CAUSES).where(filter=firestore.FieldFilter("kind", "==", CauseKind.UPLOAD))
         uploads = sorted((unpack_isbns(s.to_dict()) for s in query.stream()), key=lambda c: c["received_at"],
                          reverse=True)
         status = request.args.get("status") or None
@@ -134,7 +137,7 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
     def alerts_page():
         from google.cloud import firestore
 
-        newest = db().col(alerting.ALERTS).order_by(alerting.LAST_SENT_AT, direction=firestore.Query.DESCENDING)
+        newest = db().col(Collection.ALERTS).order_by(alerting.LAST_SENT_AT, direction=firestore.Query.DESCENDING)
         states = [s.to_dict() for s in newest.limit(LIST_LIMIT).stream()]
         day = alerting.counts(db(), now() - timedelta(hours=23), now())
         received = inbox.read(inbox.path(cfg), LIST_LIMIT)
@@ -198,7 +201,7 @@ def drift_measurements(cfg: Settings, store: RunStore) -> list[dict]:
     first: time, ISBN, version, weeks, unseen MAE, holdout MAE and their ratio."""
     from google.cloud import firestore
 
-    query = (store.col("decisions").where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">=", 0))
+    query = (store.col(Collection.DECISIONS).where(filter=firestore.FieldFilter("inputs.degradation.ratio", ">=", 0))
              .select(["isbn", "decided_at", "inputs.degradation", "inputs.champion_version", "action"])
              .limit(DRIFT_LIMIT))
     rows = [{"isbn": d["isbn"], "at": d["decided_at"], "version": d["inputs"].get("champion_version"),

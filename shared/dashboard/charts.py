@@ -11,6 +11,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from shared.plots import png_bytes  # noqa: E402
+from shared.version_tags import VersionTags  # noqa: E402
 
 TREND_METRICS = (("mase", "MASE"), ("wape", "WAPE"), ("relative_mae", "MAE / naive MAE"))
 DRIFT_LINES = 10  # ISBNs drawn on the drift chart: those with the highest latest ratio
@@ -22,14 +23,14 @@ def version_trend(isbn: str, versions) -> bytes:
     fig, axes = plt.subplots(1, len(TREND_METRICS), figsize=(10, 2.6), dpi=100)
     numbers = [int(v.version) for v in versions]
     for ax, (metric, title) in zip(axes, TREND_METRICS):
-        values = [float(v.tags[f"metric.{metric}"]) if f"metric.{metric}" in v.tags else None for v in versions]
+        values = [VersionTags(v.tags).metric(metric) for v in versions]
         points = [(n, y) for n, y in zip(numbers, values) if y is not None]
         if points:
             ax.plot(*zip(*points), marker="o", color="#1a56db", lw=1.2)
         for v, n, y in zip(versions, numbers, values):
-            if y is not None and v.tags.get("quarantined") == "true":
+            if y is not None and VersionTags(v.tags).is_quarantined:
                 ax.plot(n, y, "x", color="#c2255c", ms=9, mew=2)
-            elif y is not None and v.tags.get("baseline") == "true":
+            elif y is not None and VersionTags(v.tags).is_baseline:
                 ax.plot(n, y, "s", color="#e8590c", ms=6)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("version", fontsize=8)

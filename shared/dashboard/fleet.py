@@ -18,11 +18,11 @@ from shared.decisions import parameter_age_days
 from shared.forecasting.gates import REQUIRED as REQUIRED_METRICS
 from shared.forecasting.gates import metrics_from_tags
 from shared.runstore import RunStore, now
+from shared.states import FleetState
+from shared.version_tags import Tag, metric_tag
 
-# One state per ISBN, the first that applies, most urgent first.
-TRAINING, UNSERVED, DEGRADED, QUARANTINED, STALE, BASELINE, HEALTHY = (
-    "training", "unserved", "degraded", "quarantined", "stale", "baseline", "healthy")
-STATES = (TRAINING, UNSERVED, DEGRADED, QUARANTINED, STALE, BASELINE, HEALTHY)
+TRAINING, UNSERVED, DEGRADED, QUARANTINED, STALE, BASELINE, HEALTHY = FleetState
+STATES = tuple(FleetState)  # most urgent first
 STATE_MEANING = {
     TRAINING: "a training run holds its lease now",
     UNSERVED: "has data but no served version",
@@ -34,8 +34,8 @@ STATE_MEANING = {
     HEALTHY: "served by a tuned model, none of the above",
 }
 # The served version's tags the rows show or judge by (the index holds them all).
-ROW_TAGS = ["family", "kind", "fitted_at", "baseline", "metric.mase", *(f"metric.{m}" for m in REQUIRED_METRICS)]
-SORTABLE = ("isbn", "state", "version", "family", "age_days", "data_end", "mase", "wape", "relative_mae")
+ROW_TAGS = [Tag.FAMILY, Tag.KIND, Tag.FITTED_AT, Tag.BASELINE, metric_tag("mase"), *map(metric_tag, REQUIRED_METRICS)]
+SORTABLE = ("isbn", "state", "version", "family", "age_days", "data_end", "mase", "wape", "relative_mae")  # FleetRow fields
 
 
 @dataclass
@@ -66,10 +66,10 @@ def measured_degraded(cfg: Settings, store: RunStore) -> set[tuple[str, str]]:
     measures are few."""
     from google.cloud import firestore
 
-    from shared.runstore import DEGRADATION
+    from shared.layout import Collection
 
     policy = cfg.decision
-    query = (store.col(DEGRADATION)
+    query = (store.col(Collection.DEGRADATION)
              .where(filter=firestore.FieldFilter("measured.ratio", ">", 1 + policy.degradation_threshold))
              .select(["version", "measured.unseen_weeks"]))
     return {(snap.id, doc["version"]) for snap in query.stream() for doc in [snap.to_dict()]
@@ -118,8 +118,8 @@ def row(cfg: Settings, isbn: str, target, summary: dict, training: bool, degrade
         (TRAINING, training), (DEGRADED, degraded), (QUARANTINED, quarantined),
         (STALE, age_days > cfg.decision.max_model_age_days), (BASELINE, monitoring.is_baseline(target)))
         if applies] or [HEALTHY]
-    return FleetRow(isbn=isbn, state=flags[0], flags=flags, version=target.version, family=tags.get("family", ""),
-                    kind=tags.get("kind", ""), age_days=round(age_days, 1), data_end=summary.get("data_end") or "",
+    return FleetRow(isbn=isbn, state=flags[0], flags=flags, version=target.version, family=tags.get(Tag.FAMILY, ""),
+                    kind=tags.get(Tag.KIND, ""), age_days=round(age_days, 1), data_end=summary.get("data_end") or "",
                     metrics=metrics_from_tags(tags) or {},
                     label=summary.get("label") or "")
 

@@ -83,11 +83,12 @@ def best_fallback(options: dict[str, Backtest]) -> tuple[str, str]:
 
 
 REQUIRED = ("relative_mae", "wape", "mae", "rmse")
-TAG_PREFIX = "metric."
 
 
 def metrics_from_tags(tags: dict[str, str]) -> dict | None:
     """A registered version's holdout metrics, from its ``metric.*`` tags; None for versions
     registered before these metrics existed."""
-    metrics = {k[len(TAG_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(TAG_PREFIX)}
+    from shared.version_tags import VersionTags
+
+    metrics = VersionTags(tags).metrics
     return metrics if all(k in metrics for k in REQUIRED) else None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.forecasting.models import SEASON
-
 
 def seasonal_naive_scale(train: np.ndarray, season: int) -> float:
     """In-sample MAE of the seasonal-naive forecast: the MASE denominator."""

@@ -3,49 +3,80 @@ in a ZenML step. Keeping them plain lets the launcher, the CLI and tests call th
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from multiprocessing import get_context
+from typing import TYPE_CHECKING
 
 from shared.config import Settings
-from shared import shards
-from shared.events import IsbnResult
 from shared.decisions import parameter_age_days
+from shared.events import IsbnResult
 from shared.forecasting import gates
-from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
-from shared.registry import Tags
-from shared.logs import get_logger
-from shared.training import report
 from shared.forecasting.models import BASELINE, ModelSpec
+from shared.jobs import DecidedSeries, Refresh, TrainingJob, read_snapshot, verify
+from shared.lifecycle import shards
+from shared.logs import get_logger
+from shared.states import SERVABLE, AliasMove, IsbnStatus, TrainStatus
+from shared.training import report
 from shared.training.per_isbn import CHAMPION, Candidate, gate, serving_forecast, train_isbn
+from shared.version_tags import Gate, Tag, VersionKind, VersionTags, contract
+
+if TYPE_CHECKING:
+    from shared.runstore import RunStore
 
 log = get_logger(__name__)
+ACTOR = "training"  # who moves aliases from here, in alias history
 
 
-def settings_of(request: dict) -> Settings:
-    return Settings.from_snapshot(request["settings"])
+@dataclass(frozen=True)
+class JobContext:
+    """One worker's job, validated once, with the settings and store every step uses."""
+    job: TrainingJob
+    cfg: Settings
+    store: RunStore
+    zenml_run_id: str = ""
+
+    @property
+    def shard(self) -> int:
+        return self.job.shard or 0
+
+
+_contexts: dict[tuple, JobContext] = {}
+
+
+def job_context(request: dict | TrainingJob, zenml_run_id: str = "") -> JobContext:
+    """The job's context, built on first use in this process: the worker builds it before the
+    pipeline runs, and each ZenML step, handed the job as JSON, finds it here again."""
+    from shared.runstore import RunStore
+
+    raw = request.model_dump(mode="json") if isinstance(request, TrainingJob) else request
+    key = (raw["run_id"], raw.get("shard"), raw.get("attempt", 1))
+    if key not in _contexts:
+        job = request if isinstance(request, TrainingJob) else TrainingJob.model_validate(raw)
+        cfg = Settings.from_snapshot(job.settings)
+        _contexts[key] = JobContext(job=job, cfg=cfg, store=RunStore(cfg))
+    context = _contexts[key]
+    return replace(context, zenml_run_id=zenml_run_id) if zenml_run_id else context
 
 
 # --- load, validate, preprocess: the decided series, exactly ----------------------------------
 def load(request: dict) -> dict[str, dict]:
     """The series the run's decisions saw, from the snapshot the request names."""
-    from shared.runstore import RunStore
-
-    job = TrainingJob.model_validate(request)
-    stored = read_snapshot(RunStore(settings_of(request)), job)
-    log.info("loaded %d decided series from %d snapshot document(s)", len(stored), len(job.snapshot),
-             extra={"run_id": job.run_id})
+    context = job_context(request)
+    stored = read_snapshot(context.store, context.job)
+    log.info("loaded %d decided series from %d snapshot document(s)", len(stored), len(context.job.snapshot),
+             extra={"run_id": context.job.run_id})
     return stored
 
 
 def validate(request: dict, stored: dict[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
     """The series whose content still hashes to what was decided, and per-ISBN refusals."""
-    series, refusals = verify(TrainingJob.model_validate(request), stored)
+    series, refusals = verify(job_context(request).job, stored)
     return {isbn: s.model_dump(mode="json") for isbn, s in series.items()}, refusals
 
 
@@ -60,7 +91,6 @@ def preprocess(valid: dict[str, dict]) -> dict[str, dict]:
 
 
 # --- train, gate, register, promote: each ISBN as soon as it is ready -------------------------
-REFIT = "refit"  # kind and alias action: the champion's structure re-estimated after a candidate lost to it
 REGISTRATION_THREADS = 4  # registration is MLflow round trips: overlap them with each other and with training
 
 
@@ -130,7 +160,7 @@ def trained(cfg: Settings, series: dict[str, dict], shards: int = 1):
             try:
                 candidate = future.result()
             except Exception as error:  # a worker crash (e.g. killed for memory) is that ISBN's failure
-                candidate = Candidate(isbn=isbn, status="failed", reason=f"worker died: {error!r}")
+                candidate = Candidate(isbn=isbn, status=TrainStatus.FAILED, reason=f"worker died: {error!r}")
             progress.update(task, advance=1, description=f"{isbn} {candidate.status}")
             log.info("trained %d/%d: %s %s", done, len(jobs), isbn, candidate.status,
                      extra={"isbn": isbn, "status": candidate.status, "seconds": round(candidate.seconds, 2),
@@ -138,23 +168,20 @@ def trained(cfg: Settings, series: dict[str, dict], shards: int = 1):
             yield candidate
 
 
-def train_and_register(request: dict, series: dict[str, dict], problems: dict[str, str]) -> list[dict]:
+def train_and_register(request: dict, series: dict[str, dict], problems: dict[str, str],
+                       zenml_run_id: str = "") -> list[dict]:
     """Refresh what the decisions said to refresh, tune the rest; gate, register and promote
     each ISBN as soon as it is ready, so champions appear while the run goes on."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared.runstore import RunStore
-
-    cfg = settings_of(request)
-    refreshes = {isbn: Refresh.model_validate(r) for isbn, r in (request.get("refreshes") or {}).items()}
-    store = RunStore(cfg)
-    results = [IsbnResult(isbn=i, status="refused", reason=r) for i, r in sorted(problems.items())]
+    context = job_context(request, zenml_run_id)
+    cfg, job = context.cfg, context.job
+    results = [IsbnResult(isbn=i, status=IsbnStatus.REFUSED, reason=r) for i, r in sorted(problems.items())]
     to_train = dict(series)
-    shard = request.get("shard") or 0
 
     def reported(future) -> None:  # each ISBN's result on its shard as soon as it is registered
         if future.exception() is None:
-            shards.report(store, request["run_id"], shard, future.result().model_dump())
+            shards.report(context.store, job.run_id, context.shard, future.result().model_dump())
 
     with ThreadPoolExecutor(REGISTRATION_THREADS, thread_name_prefix="register") as registrar:
         pending = []
@@ -163,62 +190,80 @@ def train_and_register(request: dict, series: dict[str, dict], problems: dict[st
             pending.append(registrar.submit(*work))
             pending[-1].add_done_callback(reported)
 
-        for isbn in sorted(set(refreshes) & set(series)):
-            refreshed = refresh_candidate(cfg, isbn, series[isbn], refreshes[isbn])
+        for isbn in sorted(set(job.refreshes) & set(series)):
+            refreshed = refresh_candidate(cfg, isbn, series[isbn], job.refreshes[isbn])
             if refreshed is not None:
                 del to_train[isbn]
-                register(register_refresh, cfg, store, request, refreshed, series[isbn], refreshes[isbn])
-        for candidate in trained(cfg, to_train, request.get("shards", 1)):
-            register(gate_and_register, cfg, store, request, candidate, series[candidate.isbn])
+                register(register_refresh, context, refreshed, series[isbn], job.refreshes[isbn])
+        for candidate in trained(cfg, to_train, job.shards):
+            register(gate_and_register, context, candidate, series[candidate.isbn])
         results += [future.result() for future in pending]
     return [r.model_dump() for r in sorted(results, key=lambda r: r.isbn)]
 
 
-def _lineage(request: dict, isbn: str, info: dict, train_window: tuple[str, str], holdout_weeks: int) -> dict:
-    return {"isbn": isbn, "data_hash": info["data_hash"], "source_objects": ",".join(info["sources"])[:4000],
-            "pipeline_run_id": request["run_id"], "zenml_run_id": request.get("zenml_run_id", ""),
-            "code_version": request.get("code_version", "unknown"), "train_window_start": train_window[0],
-            "train_window_end": train_window[1], "holdout_weeks": str(holdout_weeks),
-            "correlation_id": request["correlation_id"]}
-
-
-def gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate, info: dict) -> IsbnResult:
+def register_version(context: JobContext, kind: VersionKind, candidate: Candidate, info: dict, *, model: dict,
+                     family: str, spec: dict | str | None, baseline: bool, metrics: dict, params: dict,
+                     alias_move: AliasMove | None = None, reason: str = "", quarantined: bool = False,
+                     gate: Gate | None = None, study: dict | None = None, plot_png: bytes = b"",
+                     **tags: str):
+    """Register one version of the ISBN's model under the tag contract (shared/version_tags.py):
+    its kind, family, spec and flags, the run's lineage, and ``tags`` (each a Tag's name);
+    with ``alias_move``, serve it at once. Returns the registration."""
     from shared import registry
 
-    if candidate.status != "trained":
+    job = context.job
+    lineage = {Tag.ISBN: candidate.isbn, Tag.DATA_HASH: info["data_hash"],
+               Tag.SOURCE_OBJECTS: ",".join(info["sources"])[:4000], Tag.PIPELINE_RUN_ID: job.run_id,
+               Tag.ZENML_RUN_ID: context.zenml_run_id, Tag.CODE_VERSION: job.code_version,
+               Tag.TRAIN_WINDOW_START: candidate.train_window[0], Tag.TRAIN_WINDOW_END: candidate.train_window[1],
+               Tag.HOLDOUT_WEEKS: str(candidate.holdout_weeks), Tag.CORRELATION_ID: job.correlation_id}
+    if kind != VersionKind.REFRESH:  # a refresh keeps its parameters' age: it estimated nothing
+        lineage[Tag.FITTED_AT] = datetime.now(timezone.utc).isoformat()
+    registration = registry.register(
+        context.cfg, candidate.isbn, model,
+        candidate.serving if model is candidate.model else serving_forecast(model),  # a fallback or refit: its own
+        params={Tag.FAMILY: family, **params}, metrics=metrics, study=study, plot_png=plot_png,
+        tags=contract(kind, family=family, spec=spec, baseline=baseline, quarantined=quarantined, gate=gate,
+                      **{**lineage, **tags}))
+    if alias_move is not None:
+        registry.move_alias(context.cfg, context.store, candidate.isbn, registration.version, alias_move, reason, ACTOR,
+                            job.correlation_id)
+    return registration
+
+
+def gate_and_register(context: JobContext, candidate: Candidate, info: dict) -> IsbnResult:
+    if candidate.status != TrainStatus.TRAINED:
         return IsbnResult(isbn=candidate.isbn, status=candidate.status, reason=candidate.reason, seconds=candidate.seconds)
-    result = _gate_and_register(cfg, store, request, candidate, info)
+    result = _gate_and_register(context, candidate, info)
     return result.model_copy(update={"seconds": round(candidate.seconds, 3)})
 
 
-def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate, info: dict) -> IsbnResult:
+def _gate_and_register(context: JobContext, candidate: Candidate, info: dict) -> IsbnResult:
     from shared import registry
 
-    lineage = {**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks),
-               Tags.FITTED_AT: datetime.now(timezone.utc).isoformat()}
+    cfg = context.cfg
     verdict = gate(candidate, cfg.gates)
     naive = candidate.fallbacks[BASELINE]["metrics"]
     metrics = {**candidate.metrics, **verdict.evidence, "cv_score": candidate.study["cv_score"],
                **{f"naive_{k}": v for k, v in naive.items() if k in ("mae", "rmse", "wape", "smape", "coverage_80", "coverage_95")},
                **{f"champion_{k}": v for k, v in candidate.champion_metrics.items() if k in ("mae", "mase")}}
-    registration = registry.register(
-        cfg, candidate.isbn, candidate.model, candidate.serving,
-        params={**candidate.spec, "family": candidate.spec["kind"], "trials": cfg.training.trials,
-                "holdout_weeks": candidate.holdout_weeks, "cv_metric": candidate.study["cv_metric"],
-                "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
-        metrics=metrics, study=candidate.study, plot_png=candidate.plot_png,
-        tags={**lineage, "spec": json.dumps(candidate.spec), Tags.KIND: "candidate", "family": candidate.spec["kind"],
-              "gate": "passed" if verdict.passed else "failed", "quarantined": str(not verdict.passed).lower(),
-              "quarantine_reason": "; ".join(verdict.reasons)})
+    registration = register_version(
+        context, VersionKind.CANDIDATE, candidate, info, model=candidate.model, family=candidate.spec["kind"],
+        spec=candidate.spec, baseline=False, quarantined=not verdict.passed,
+        gate=Gate.PASSED if verdict.passed else Gate.FAILED, metrics=metrics, study=candidate.study,
+        plot_png=candidate.plot_png,
+        params={**candidate.spec, "trials": cfg.training.trials, "holdout_weeks": candidate.holdout_weeks,
+                "cv_metric": candidate.study["cv_metric"], "cv_folds_end": ",".join(candidate.study["validation_folds_end"])},
+        quarantine_reason="; ".join(verdict.reasons))
     if verdict.passed:  # champion at once, or challenger on trial when risky (shared/promotion.py)
         from shared import promotion
 
         reference = serving_forecast(candidate.champion_refit) if candidate.champion_refit else None
-        outcome = promotion.after_gates(cfg, store, candidate.isbn, registration.version, candidate.spec["kind"],
-                                        candidate.serving, reference, request["correlation_id"])
+        outcome = promotion.after_gates(cfg, context.store, candidate.isbn, registration.version, candidate.spec["kind"],
+                                        candidate.serving, reference, context.job.correlation_id)
         reason = outcome.reason
-        if outcome.status == "challenger":  # the champion serves on during the trial
-            reason += refit_if_behind(cfg, store, request, candidate, info, registry.version_by_alias(cfg, candidate.isbn))
+        if outcome.status == IsbnStatus.CHALLENGER:  # the champion serves on during the trial
+            reason += refit_if_behind(context, candidate, info, registry.version_by_alias(cfg, candidate.isbn))
         return IsbnResult(isbn=candidate.isbn, status=outcome.status, version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
     reason = "quarantined: " + "; ".join(verdict.reasons)
@@ -227,67 +272,57 @@ def _gate_and_register(cfg: Settings, store, request: dict, candidate: Candidate
     # backtested: a version without a spec is not replaced by a guess).
     if champion is not None and (verdict.fallback == CHAMPION or CHAMPION not in candidate.backtests):
         reason += f"; the champion v{champion.version} serves on" + (f": {verdict.fallback_reason}" if verdict.fallback == CHAMPION else "")
-        reason += refit_if_behind(cfg, store, request, candidate, info, champion)
-        return IsbnResult(isbn=candidate.isbn, status="quarantined", version=registration.version,
+        reason += refit_if_behind(context, candidate, info, champion)
+        return IsbnResult(isbn=candidate.isbn, status=IsbnStatus.QUARANTINED, version=registration.version,
                           mlflow_run_id=registration.run_id, reason=reason, metrics=_round(candidate.metrics))
-    return register_fallback(cfg, store, request, candidate, lineage, verdict, reason, champion)
+    return register_fallback(context, candidate, info, verdict, reason, champion)
 
 
-def register_fallback(cfg: Settings, store, request: dict, candidate: Candidate, lineage: dict, verdict,
-                      reason: str, champion) -> IsbnResult:
+def register_fallback(context: JobContext, candidate: Candidate, info: dict, verdict, reason: str,
+                      champion) -> IsbnResult:
     """Every ISBN with enough data must be servable: the robust fallback that did best on the
     backtests (seasonal naive or the plain combination) is registered and serves."""
-    from shared import registry
-
     fallback = candidate.fallbacks[verdict.fallback]
     spec = fallback["model"]["spec"]
-    family = spec["kind"]
-    evidence = gates.backtest_evidence(candidate.backtest(verdict.fallback), candidate.backtest(BASELINE), cfg.gates)
-    registration = registry.register(
-        cfg, candidate.isbn, fallback["model"], serving_forecast(fallback["model"]),
-        params={"kind": family, "family": family}, metrics={**fallback["metrics"], **evidence},
-        tags={**lineage, "spec": json.dumps(spec), Tags.KIND: "baseline", "family": family,
-              "baseline": "true", "gate": "baseline", "quarantined": "false"})
+    evidence = gates.backtest_evidence(candidate.backtest(verdict.fallback), candidate.backtest(BASELINE),
+                                       context.cfg.gates)
     replaces = f"it replaces the champion v{champion.version}" if champion is not None else "no champion existed"
-    registry.move_alias(cfg, store, candidate.isbn, registration.version, "baseline",
-                        f"no candidate passed and {replaces}: {verdict.fallback_reason} "
-                        f"(refused: {'; '.join(verdict.reasons)})", "training", request["correlation_id"])
+    registration = register_version(
+        context, VersionKind.BASELINE, candidate, info, model=fallback["model"], family=spec["kind"], spec=spec,
+        baseline=True, gate=Gate.BASELINE, metrics={**fallback["metrics"], **evidence}, params=spec,
+        alias_move=AliasMove.BASELINE,
+        reason=f"no candidate passed and {replaces}: {verdict.fallback_reason} (refused: {'; '.join(verdict.reasons)})")
     label = ModelSpec.from_dict(spec).label()
-    return IsbnResult(isbn=candidate.isbn, status="baseline", version=registration.version,
+    return IsbnResult(isbn=candidate.isbn, status=IsbnStatus.BASELINE, version=registration.version,
                       mlflow_run_id=registration.run_id,
                       reason=f"{reason}; {label} v{registration.version} serves: {verdict.fallback_reason}",
                       metrics=_round(fallback["metrics"]))  # what serves is the fallback: its metrics
 
 
-def refit_if_behind(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:
+def refit_if_behind(context: JobContext, candidate: Candidate, info: dict, champion) -> str:
     """For a champion that serves on (the candidate lost, or is on trial as challenger): if
     its data is behind or its parameters are past the age limit, re-estimate it on the
     decided series, so its forecast starts after the newest week and the next decision does
     not retrain it again for its data or its parameters' age. What was done, for the reason."""
     created = datetime.fromtimestamp(int(champion.creation_timestamp) / 1000, timezone.utc)
-    behind = (champion.tags.get(Tags.DATA_HASH) != info["data_hash"]
-              or parameter_age_days(champion.tags, created, datetime.now(timezone.utc)) > cfg.decision.max_model_age_days)
+    behind = (VersionTags(champion.tags).data_hash != info["data_hash"]
+              or parameter_age_days(champion.tags, created, datetime.now(timezone.utc))
+              > context.cfg.decision.max_model_age_days)
     if not (candidate.champion_refit and behind):
         return ""
-    refit = register_refit(cfg, store, request, candidate, info, champion)
+    refit = register_refit(context, candidate, info, champion)
     return f"; champion v{champion.version} re-estimated on the new data as v{refit}"
 
 
-def register_refit(cfg: Settings, store, request: dict, candidate: Candidate, info: dict, champion) -> str:
+def register_refit(context: JobContext, candidate: Candidate, info: dict, champion) -> str:
     """Register the champion's structure re-estimated on all the decided data and serve it."""
-    from shared import registry
-
-    carried = {k: champion.tags[k] for k in ("family", "spec", "baseline") if k in champion.tags}
-    registration = registry.register(
-        cfg, candidate.isbn, candidate.champion_refit, serving_forecast(candidate.champion_refit),
-        params={"kind": REFIT, "refits": champion.version, "family": carried.get("family", "")},
-        metrics=candidate.champion_metrics,
-        tags={**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks), **carried,
-              Tags.KIND: REFIT, Tags.REFRESHES: champion.version, Tags.FITTED_AT: datetime.now(timezone.utc).isoformat(),
-              "quarantined": "false"})
-    registry.move_alias(cfg, store, candidate.isbn, registration.version, REFIT,
-                        f"the candidate lost to v{champion.version}, whose structure is re-estimated on the new data",
-                        "training", request["correlation_id"])
+    carried = VersionTags(champion.tags)
+    registration = register_version(
+        context, VersionKind.REFIT, candidate, info, model=candidate.champion_refit, family=carried.family,
+        spec=carried.get(Tag.SPEC) or None, baseline=carried.is_baseline, metrics=candidate.champion_metrics,
+        params={"refits": champion.version}, alias_move=AliasMove.REFIT,
+        reason=f"the candidate lost to v{champion.version}, whose structure is re-estimated on the new data",
+        refreshes=champion.version)
     return registration.version
 
 
@@ -310,34 +345,28 @@ def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) ->
     except Exception as error:  # noqa: BLE001 - any failure means: re-tune this ISBN instead
         log.warning("cannot refresh %s v%s, re-tuning it: %s", isbn, refresh.version, error, extra={"isbn": isbn})
         return None
-    return Candidate(isbn=isbn, status="refreshed", spec=model["spec"], model=model, serving=serving,
-                     metrics=gates.metrics_from_tags(version.tags) or {},
-                     reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
-                     train_window=(version.tags.get("train_window_start", ""), version.tags.get("train_window_end", "")),
-                     holdout_weeks=int(version.tags.get("holdout_weeks", 0)),
+    tags = VersionTags(version.tags)
+    return Candidate(isbn=isbn, status=TrainStatus.REFRESHED, spec=model["spec"], model=model, serving=serving,
+                     metrics=tags.metrics, reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
+                     train_window=(tags.get(Tag.TRAIN_WINDOW_START), tags.get(Tag.TRAIN_WINDOW_END)),
+                     holdout_weeks=int(tags.get(Tag.HOLDOUT_WEEKS, "0")),
                      study={"refreshed_from": refresh.version, "tags": version.tags},
                      seconds=time.process_time() - started)
 
 
-def register_refresh(cfg: Settings, store, request: dict, candidate: Candidate, info: dict,
-                     refresh: Refresh) -> IsbnResult:
+def register_refresh(context: JobContext, candidate: Candidate, info: dict, refresh: Refresh) -> IsbnResult:
     """A refresh is the served model with new weeks filtered in: no new estimate to gate, so
     it is registered as a new version (kind refresh, lineage to the version it refreshes)
-    and served at once."""
-    from shared import registry
-
-    previous = candidate.study["tags"]
-    carried = {k: previous[k] for k in ("family", "spec", Tags.FITTED_AT, "baseline") if k in previous}
-    registration = registry.register(
-        cfg, candidate.isbn, candidate.model, candidate.serving,
-        params={"kind": "refresh", "refreshes": refresh.version, "family": previous.get("family", "")},
-        metrics=candidate.metrics,
-        tags={**_lineage(request, candidate.isbn, info, candidate.train_window, candidate.holdout_weeks), **carried,
-              Tags.KIND: "refresh", Tags.REFRESHES: refresh.version, Tags.UNSEEN_WEEKS: str(refresh.unseen_weeks),
-              Tags.UNSEEN_ABS_ERROR: f"{refresh.unseen_abs_error:.6g}", "quarantined": "false"})
-    registry.move_alias(cfg, store, candidate.isbn, registration.version, "refresh", candidate.reason, "training",
-                        request["correlation_id"])
-    status = "baseline" if previous.get("baseline") == "true" else "promoted"
+    and served at once; its parameters keep the age of the version it refreshes."""
+    previous = VersionTags(candidate.study["tags"])
+    registration = register_version(
+        context, VersionKind.REFRESH, candidate, info, model=candidate.model, family=previous.family,
+        spec=previous.get(Tag.SPEC) or None, baseline=previous.is_baseline, metrics=candidate.metrics,
+        params={Tag.REFRESHES: refresh.version}, alias_move=AliasMove.REFRESH, reason=candidate.reason,
+        refreshes=refresh.version, unseen_weeks=str(refresh.unseen_weeks),
+        unseen_abs_error=f"{refresh.unseen_abs_error:.6g}",
+        **({Tag.FITTED_AT: previous.get(Tag.FITTED_AT)} if previous.get(Tag.FITTED_AT) else {}))
+    status = IsbnStatus.BASELINE if previous.is_baseline else IsbnStatus.PROMOTED
     return IsbnResult(isbn=candidate.isbn, status=status, version=registration.version,
                       mlflow_run_id=registration.run_id, reason=candidate.reason, metrics=_round(candidate.metrics),
                       seconds=round(candidate.seconds, 3))
@@ -347,16 +376,12 @@ def _round(metrics: dict) -> dict:
     return {k: round(float(v), 4) for k, v in metrics.items()}
 
 
-def record_and_publish(request: dict, results: list[dict]) -> dict:
+def record_and_publish(request: dict, results: list[dict], zenml_run_id: str = "") -> dict:
     """The shard's results into its shard document; the run is closed by its last shard."""
-    from shared.runstore import RunStore
-
-    cfg = settings_of(request)
-    job = TrainingJob.model_validate({k: v for k, v in request.items() if k != "zenml_run_id"})  # a step's addition
+    context = job_context(request, zenml_run_id)
     status = shards.run_status([], [r["status"] for r in results])
-    servable = sum(r["status"] in shards.SERVABLE for r in results)
-    store = RunStore(cfg)
-    if shards.close(cfg, store, shards.ShardRef.of_job(job), status, results,
-                    f"{servable} of {len(results)} servable", zenml_run_id=request.get("zenml_run_id", "")):
-        report.log_run_report(cfg, store, job.run_id)  # the run closed: its report covers every shard's ISBNs
+    servable = sum(r["status"] in SERVABLE for r in results)
+    if shards.close(context.cfg, context.store, shards.ShardRef.of_job(context.job), status, results,
+                    f"{servable} of {len(results)} servable", zenml_run_id=zenml_run_id):
+        report.log_run_report(context.cfg, context.store, context.job.run_id)  # the run closed: every shard's ISBNs
     return {"status": status, "results": results, "finished_at": datetime.now(timezone.utc).isoformat()}

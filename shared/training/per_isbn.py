@@ -19,19 +19,20 @@ from shared.forecasting.gates import backtest_evidence, best_fallback, breaches,
 from shared.forecasting.metrics import accuracy
 from shared.forecasting.models import BASELINE, COMBINATION, SEASON, FittedModel, ModelSpec, plain_combination
 from shared.forecasting.tuning import search
+from shared.states import TrainStatus
 
 SERVING_HORIZON = 104
 HISTORY_IN_ARTIFACT = 156  # for plots next to the forecast
 
 
 FALLBACKS = (BASELINE, COMBINATION)  # besides the champion refitted, when there is one
-CHAMPION = "champion"
+CANDIDATE, CHAMPION = "candidate", "champion"  # the backtests' names for the tuned candidate and the served version
 
 
 @dataclass
 class Candidate:
     isbn: str
-    status: str                       # trained | refused | failed
+    status: TrainStatus
     reason: str = ""
     spec: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)         # on the holdout
@@ -96,7 +97,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
     started = time.perf_counter()
     y = np.asarray(units, float)
     start = weeks[0]
-    candidate = Candidate(isbn=isbn, status="refused",
+    candidate = Candidate(isbn=isbn, status=TrainStatus.REFUSED,
                           history={"weeks": [w.isoformat() for w in weeks], "units": y.tolist()})
     if len(y) < training.min_history_weeks:
         candidate.reason = (f"only {len(y)} weeks of history; at least {training.min_history_weeks} are needed "
@@ -111,7 +112,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         plan = backtest.windows(cut, holdout)
         spec, study, folds = search(y[:cut], start, training.trials, training.max_fourier_pairs, training.seed)
         found, metrics, curve, final = backtested(y, start, spec, plan, folds)
-        candidate.backtests["candidate"] = found.to_dict()
+        candidate.backtests[CANDIDATE] = found.to_dict()
         for name, option in ((BASELINE, ModelSpec(kind=BASELINE)), (COMBINATION, plain_combination(plan[0].cut))):
             option_backtest, option_metrics, _, option_final = backtested(y, start, option, plan)
             candidate.backtests[name] = option_backtest.to_dict()
@@ -125,7 +126,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
             candidate.champion_refit = refit.to_dict()
         candidate.serving = serving_forecast(final.to_dict())  # also proves the final model forecasts
         study["interval_scale"] = final.interval_scale
-        candidate.status = "trained"
+        candidate.status = TrainStatus.TRAINED
         candidate.spec = spec.to_dict()
         candidate.metrics = metrics
         candidate.study = study
@@ -135,7 +136,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         candidate.holdout_weeks = holdout
         candidate.plot_png = holdout_plot(candidate)
     except Exception as error:  # one ISBN's failure must not sink the others
-        candidate.status = "failed"
+        candidate.status = TrainStatus.FAILED
         candidate.reason = f"{type(error).__name__}: {error}"
         candidate.study = {"traceback": traceback.format_exc(limit=5)}
     candidate.seconds = time.perf_counter() - started
@@ -166,7 +167,7 @@ class GateResult:
 
 def gate(candidate: Candidate, gates: GateSettings) -> GateResult:
     """The rules on the candidate's backtests; when it is refused, the best robust option."""
-    ours = candidate.backtest("candidate")
+    ours = candidate.backtest(CANDIDATE)
     evidence = backtest_evidence(ours, candidate.backtest(BASELINE), gates)
     champion = champion_evidence(ours, candidate.backtest(CHAMPION), gates) if CHAMPION in candidate.backtests else None
     reasons = breaches({**candidate.metrics, **evidence}, gates, champion)

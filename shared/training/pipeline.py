@@ -29,14 +29,12 @@ def preprocess(valid_series: dict) -> Annotated[dict, "series"]:
 def train_register_promote(request: dict, series: dict, refusals: dict) -> Annotated[list, "results"]:
     """Refresh or tune each ISBN (tuning in parallel processes), then gate, register and
     promote it as soon as it is ready: one step, so champions appear while the run goes on."""
-    request = {**request, "zenml_run_id": str(get_step_context().pipeline_run.id)}
-    return flow.train_and_register(request, series, refusals)
+    return flow.train_and_register(request, series, refusals, str(get_step_context().pipeline_run.id))
 
 
 @step(enable_cache=False)
 def publish(request: dict, results: list) -> Annotated[dict, "summary"]:
-    request = {**request, "zenml_run_id": str(get_step_context().pipeline_run.id)}
-    return flow.record_and_publish(request, results)
+    return flow.record_and_publish(request, results, str(get_step_context().pipeline_run.id))
 
 
 @pipeline(enable_cache=False)

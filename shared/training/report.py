@@ -15,13 +15,14 @@ import html
 
 from shared.config import Settings
 from shared.logs import get_logger
+from shared.states import IsbnStatus
 
 log = get_logger(__name__)
 
 EXPERIMENT = "bookcast-runs"
 REPORT = "report.html"
-STATUS_COLOURS = {"promoted": "#2b8a3e", "baseline": "#e67700", "quarantined": "#ae3ec9", "failed": "#c92a2a",
-                  "refused": "#c92a2a"}
+STATUS_COLOURS = {IsbnStatus.PROMOTED: "#2b8a3e", IsbnStatus.CHALLENGER: "#1971c2", IsbnStatus.BASELINE: "#e67700",
+                  IsbnStatus.QUARANTINED: "#ae3ec9", IsbnStatus.FAILED: "#c92a2a", IsbnStatus.REFUSED: "#c92a2a"}
 
 
 def _percent(value) -> str:
@@ -46,7 +47,7 @@ def render(run: dict, results: dict[str, dict], tracking_uri: str, plot_artifact
         plot = (f'<img loading="lazy" alt="holdout plot of {isbn}" onerror="this.remove()" '
                 f'src="{html.escape(tracking_uri)}/get-artifact?path={plot_artifact}&amp;'
                 f'run_uuid={html.escape(result["mlflow_run_id"])}">'
-                if result.get("mlflow_run_id") and result["status"] != "baseline" else "")
+                if result.get("mlflow_run_id") and result["status"] != IsbnStatus.BASELINE else "")
         rows.append(
             f"<tr><td>{isbn}</td><td style='color:{colour}'>{html.escape(result['status'])}</td>"
             f"<td>{html.escape(str(result.get('version') or '–'))}</td><td>{_number(metrics.get('mase'))}</td>"
@@ -87,11 +88,11 @@ def _experiment_id(client) -> str:
 def log_run_report(cfg: Settings, store, run_id: str) -> str | None:
     """Build the run's report from its recorded results and log it to MLflow; returns the
     report's MLflow run id. A report that cannot be written is logged, never the run's failure."""
-    from shared import registry, shards
+    from shared import registry
 
     try:
         run = store.run(run_id) or {"run_id": run_id}
-        results = shards.results(store, run_id) or run.get("results") or {}
+        results = store.run_results(run_id) or run.get("results") or {}
         page = render(run, results, cfg.mlflow_tracking_uri.rstrip("/"), registry.HOLDOUT_PLOT)
         client = registry.client(cfg)
         experiment_id = _experiment_id(client)

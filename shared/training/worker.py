@@ -21,60 +21,59 @@ from pydantic import ValidationError
 
 from shared.events import Topics, TrainingEvent
 from shared.jobs import TrainingJob
-from shared.launch import worker_file
+from shared.lifecycle.launch import worker_file
 from shared.logs import configure, correlated, get_logger
-from shared.training.flow import settings_of
+from shared.states import RunEvent, RunStatus
+from shared.training.flow import job_context
 
 log = get_logger("training.worker")
 
 
-def ended(cfg, store, job: TrainingJob, status: str, reason: str) -> None:
+def ended(cfg, store, job: TrainingJob, status: RunStatus, reason: str) -> None:
     """Record and announce a shard that ended without results."""
-    from shared import shards
-    from shared.leases import release_all
+    from shared.lifecycle import shards
+    from shared.lifecycle.leases import release_all
 
     shards.close(cfg, store, shards.ShardRef.of_job(job), status, [], reason[:500])
-    if status == "cancelled":  # a failure releases in execute's finally; a cancellation never gets there
+    if status == RunStatus.CANCELLED:  # a failure releases in execute's finally; a cancellation never gets there
         release_all(store, job.run_id, job.shard)
 
 
 def execute(request: dict, shard: int = 0) -> dict:
     """Train one shard of the run: the ISBNs its shard document names."""
-    from shared import shards
+    from shared.lifecycle import shards
     from shared.pubsub import publish
-    from shared.runstore import RunStore
 
-    run = TrainingJob.model_validate(request)
-    cfg = settings_of(request)
-    store = RunStore(cfg)
-    run_id = run.run_id
-    with correlated(run.correlation_id):
+    run = job_context(TrainingJob.model_validate(request))
+    cfg, store, run_id = run.cfg, run.store, run.job.run_id
+    with correlated(run.job.correlation_id):
         record = shards.start(store, run_id, shard, handle=f"pid {os.getpid()}")
         if record is None:
             log.warning("shard %d of %s has ended or was cancelled already: nothing to train", shard, run_id,
                         extra={"run_id": run_id, "shard": shard})
-            return {"status": "skipped", "results": []}
-        job = run.for_shard(shard, record["isbns"])
-        cancellation.arm(lambda why: ended(cfg, store, job, "cancelled", f"cancelled: {why}"))
+            return {"status": "skipped", "results": []}  # not a run status: this worker had nothing to do
+        job = run.job.for_shard(shard, record["isbns"])
+        cancellation.arm(lambda why: ended(cfg, store, job, RunStatus.CANCELLED, f"cancelled: {why}"))
         publish(cfg, Topics.TRAINING_EVENTS, TrainingEvent(correlation_id=job.correlation_id, run_id=run_id,
-                                                           status="started", isbns=job.isbns, launcher=job.launcher,
+                                                           status=RunEvent.STARTED, isbns=job.isbns, launcher=job.launcher,
                                                            shard=shards.label(shard, job.shards)))
         log.info("training run %s shard %s started: %d ISBNs", run_id, shards.label(shard, job.shards), len(job.isbns),
                  extra={"run_id": run_id, "shard": shard, "isbns": job.isbns})
         try:
-            from shared.leases import Heartbeat
+            from shared.lifecycle.leases import Heartbeat
             from shared.training import pipeline, zenml_store
 
             with Heartbeat(store, run_id, cfg.training.lease_ttl_seconds, shard=shard,
                            on_cancel=cancellation.requested):
                 zenml_store.ready()
+                job_context(job)  # the steps find this shard's job here, validated once
                 summary = pipeline.run(job.model_dump(mode="json"))
         except Exception as error:
             log.exception("training run %s shard %d failed", run_id, shard, extra={"run_id": run_id, "shard": shard})
-            ended(cfg, store, job, "failed", f"{type(error).__name__}: {error}")
+            ended(cfg, store, job, RunStatus.FAILED, f"{type(error).__name__}: {error}")
             raise
         finally:
-            from shared.leases import release_all
+            from shared.lifecycle.leases import release_all
 
             release_all(store, run_id, shard)
         log.info("training run %s shard %d %s", run_id, shard, summary["status"],
@@ -86,12 +85,12 @@ def wait_for_shards(cfg, run_id: str, poll_seconds: float = 30.0) -> None:
     """The primary replica of a multi-replica Vertex job stays until every shard has ended
     (or its worker died and the reconciler took it over): Vertex AI ends the job, and stops
     the other replicas, when the primary exits."""
-    from shared import shards
-    from shared.runstore import TERMINAL, RunStore
+    from shared.runstore import RunStore
+    from shared.states import TERMINAL_RUN
 
     store = RunStore(cfg)
     while True:
-        pending = [s["index"] for s in shards.of_run(store, run_id) if s["status"] not in TERMINAL]
+        pending = [s["index"] for s in store.run_shards(run_id) if s["status"] not in TERMINAL_RUN]
         if not pending:
             return
         log.info("primary replica waits for shards %s of %s", pending, run_id, extra={"run_id": run_id})
@@ -172,7 +171,7 @@ def read_request(argv: list[str] | None = None) -> tuple[dict, int | None]:
 
 
 def main() -> int:
-    from shared import shards
+    from shared.lifecycle import shards
 
     configure()
     cancellation.install()
@@ -185,7 +184,7 @@ def main() -> int:
         other shards, however its own shard ended: the job, and every replica, ends with it."""
         try:
             if primary and waits:
-                wait_for_shards(settings_of(request), str(request["run_id"]))
+                wait_for_shards(job_context(request).cfg, str(request["run_id"]))
         finally:
             if isinstance(request.get("settings"), dict) and request.get("run_id"):
                 worker_file(request["settings"].get("state_dir", ".state"), str(request["run_id"]), shard).unlink(

@@ -1,5 +1,5 @@
 """Launching a training run: one interface, two implementations, the same contract. A run
-is split into shards (shared/shards.py); every shard is trained by the same entry point,
+is split into shards (shared/lifecycle/shards.py); every shard is trained by the same entry point,
 ``python -m shared.training.worker ... --shard I``.
 
 ``local`` starts one detached background process per shard (never inside a function's

@@ -15,12 +15,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
+from shared.layout import Collection
 from shared.logs import get_logger
-from shared.runstore import TERMINAL, RunStore, now
+from shared.runstore import RunStore, now
+from shared.states import ENDED_WELL, SERVABLE, TERMINAL_RUN, IsbnStatus, RunStatus, ShardRetry
 
 log = get_logger(__name__)
-COLLECTION = "shards"
-SERVABLE = ("promoted", "baseline", "challenger")  # challenger: its champion still serves (shared/promotion.py)
 
 
 # A shard's document holds its ISBNs' results (~700 bytes each): at most this many keep it
@@ -60,17 +60,15 @@ def create(store: RunStore, run_id: str, slices: list[list[str]], attempt: int, 
     """The run's shard documents and, on each ISBN the run has leased, the shard that trains
     it (so a shard's heartbeat and release touch only its own leases). Idempotent: a
     relaunch of the same attempt rewrites the same documents."""
-    from shared.leases import COLLECTION as LEASES
-
     batch = store.db.batch()
     writes = 0
     for index, isbns in enumerate(slices):
-        batch.set(store.col(COLLECTION).document(shard_id(run_id, index)),
-                  {"run_id": run_id, "index": index, "count": len(slices), "isbns": isbns, "status": "queued",
+        batch.set(store.col(Collection.SHARDS).document(shard_id(run_id, index)),
+                  {"run_id": run_id, "index": index, "count": len(slices), "isbns": isbns, "status": RunStatus.QUEUED,
                    "attempt": attempt, "results": {}, "created_at": now(), "cancel_requested": False})
         writes += 1
         for isbn in isbns if leased else ():
-            batch.update(store.col(LEASES).document(isbn), {"shard": index})
+            batch.update(store.col(Collection.LEASES).document(isbn), {"shard": index})
             writes += 1
             if writes >= 450:  # a Firestore commit takes at most 500 writes
                 batch.commit()
@@ -81,37 +79,25 @@ def create(store: RunStore, run_id: str, slices: list[list[str]], attempt: int, 
 
 
 def get(store: RunStore, run_id: str, index: int) -> dict | None:
-    return store.get(COLLECTION, shard_id(run_id, index))
-
-
-def of_run(store: RunStore, run_id: str) -> list[dict]:
-    from google.cloud import firestore
-
-    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id))
-    return sorted((d.to_dict() for d in query.stream()), key=lambda s: s["index"])
-
-
-def results(store: RunStore, run_id: str) -> dict[str, dict]:
-    """Every per-ISBN result of a run, gathered from its shards."""
-    return {isbn: r for shard in of_run(store, run_id) for isbn, r in sorted((shard.get("results") or {}).items())}
+    return store.get(Collection.SHARDS, shard_id(run_id, index))
 
 
 def start(store: RunStore, run_id: str, index: int, handle: str) -> dict | None:
     """Mark the shard running; None if it already ended (a restarted replica, a second
     delivery of the launch) or was cancelled before it began, so the worker does not run it
     twice."""
-    ref = store.col(COLLECTION).document(shard_id(run_id, index))
+    ref = store.col(Collection.SHARDS).document(shard_id(run_id, index))
 
-    run_ref = store.col("runs").document(run_id)
+    run_ref = store.col(Collection.RUNS).document(run_id)
 
     def work(transaction) -> dict | None:
         shard = ref.get(transaction=transaction).to_dict()
         run = run_ref.get(transaction=transaction).to_dict()
-        if shard is None or shard["status"] in TERMINAL or shard.get("cancel_requested"):
+        if shard is None or shard["status"] in TERMINAL_RUN or shard.get("cancel_requested"):
             return None
-        transaction.update(ref, {"status": "running", "started_at": now(), "handle": handle})
-        if run.get("status") == "queued":
-            transaction.update(run_ref, {"status": "running", "started_at": now(), "updated_at": now()})
+        transaction.update(ref, {"status": RunStatus.RUNNING, "started_at": now(), "handle": handle})
+        if run.get("status") == RunStatus.QUEUED:
+            transaction.update(run_ref, {"status": RunStatus.RUNNING, "started_at": now(), "updated_at": now()})
         return shard
 
     return store.in_transaction(work)
@@ -123,24 +109,24 @@ def report(store: RunStore, run_id: str, index: int, result: dict) -> None:
     from google.cloud.firestore_v1.field_path import FieldPath
 
     try:
-        store.col(COLLECTION).document(shard_id(run_id, index)).update(
+        store.col(Collection.SHARDS).document(shard_id(run_id, index)).update(
             {FieldPath("results", result["isbn"]).to_api_repr(): result})
     except Exception:  # progress is a courtesy: the shard's end records every result
         log.warning("could not report %s on shard %d of %s", result["isbn"], index, run_id, exc_info=True)
 
 
-def run_status(statuses: list[str], isbn_statuses: list[str]) -> str:
+def run_status(statuses: list[str], isbn_statuses: list[str]) -> RunStatus:
     """A run serves something if any shard did; otherwise its worst ending."""
-    if set(isbn_statuses) & set(SERVABLE):
-        return "succeeded"
-    if "quarantined" in isbn_statuses:
-        return "quarantined"
-    if statuses and all(s == "cancelled" for s in statuses):
-        return "cancelled"
+    if set(isbn_statuses) & SERVABLE:
+        return RunStatus.SUCCEEDED
+    if IsbnStatus.QUARANTINED in isbn_statuses:
+        return RunStatus.QUARANTINED
+    if statuses and all(s == RunStatus.CANCELLED for s in statuses):
+        return RunStatus.CANCELLED
     trained_nothing = bool(isbn_statuses)  # results, and none of them served or quarantined
-    if "failed" in statuses or trained_nothing:
-        return "failed"
-    return "succeeded"
+    if RunStatus.FAILED in statuses or trained_nothing:
+        return RunStatus.FAILED
+    return RunStatus.SUCCEEDED
 
 
 def finish(store: RunStore, run_id: str, index: int, status: str, results: dict[str, dict] | None = None,
@@ -149,30 +135,30 @@ def finish(store: RunStore, run_id: str, index: int, status: str, results: dict[
     reaped as dead that later reports keeps its recorded ending), and, when it was the run's
     last shard, the run's summary as the run is closed. ``results`` join the ones reported
     while it ran: a shard that fails late keeps the ISBNs it already served."""
-    ref = store.col(COLLECTION).document(shard_id(run_id, index))
-    run_ref = store.col("runs").document(run_id)
+    ref = store.col(Collection.SHARDS).document(shard_id(run_id, index))
+    run_ref = store.col(Collection.RUNS).document(run_id)
 
     def work(transaction) -> tuple[bool, dict | None]:
         run = run_ref.get(transaction=transaction).to_dict()
         count = run.get("shards") or 1
-        shards = store.read_many(transaction, {i: store.col(COLLECTION).document(shard_id(run_id, i))
+        shards = store.read_many(transaction, {i: store.col(Collection.SHARDS).document(shard_id(run_id, i))
                                                for i in range(count)})
         mine = shards.get(index)
-        if mine is None or mine["status"] in TERMINAL:
+        if mine is None or mine["status"] in TERMINAL_RUN:
             return False, None
         known = {**(mine.get("results") or {}), **(results or {})}
         ended = {"status": status, "finished_at": now(), "error": error[:2000], "zenml_run_id": zenml_run_id,
                  "results": known, "compute_seconds": round(sum(r.get("seconds", 0.0) for r in known.values()), 2)}
-        if status == "failed":
-            ended["retry"] = RETRY_PENDING
+        if status == RunStatus.FAILED:
+            ended["retry"] = ShardRetry.PENDING
         transaction.update(ref, ended)
         shards[index] = {**mine, **ended}
-        if run["status"] in TERMINAL or any(s is None or s["status"] not in TERMINAL for s in shards.values()):
+        if run["status"] in TERMINAL_RUN or any(s is None or s["status"] not in TERMINAL_RUN for s in shards.values()):
             return True, None
         isbn_statuses = [r["status"] for s in shards.values() for r in (s.get("results") or {}).values()]
         summary = {"status": run_status([s["status"] for s in shards.values()], isbn_statuses),
                    "counts": dict(Counter(isbn_statuses)),
-                   "shards_failed": sum(s["status"] == "failed" for s in shards.values()),
+                   "shards_failed": sum(s["status"] == RunStatus.FAILED for s in shards.values()),
                    "compute_seconds": round(sum(s.get("compute_seconds", 0.0) for s in shards.values()), 2)}
         errors = [f"shard {i}: {s['error']}" for i, s in sorted(shards.items()) if s.get("error")]
         transaction.update(run_ref, {**summary, "error": "; ".join(errors)[:2000], "updated_at": now(),
@@ -186,9 +172,9 @@ def request_cancel(store: RunStore, run_id: str, index: int | None = None) -> li
     """Ask the run's shards (or one) to stop; each worker sees it within a heartbeat. Returns
     the shards asked."""
     asked = []
-    for shard in of_run(store, run_id):
-        if (index is None or shard["index"] == index) and shard["status"] not in TERMINAL:
-            store.col(COLLECTION).document(shard_id(run_id, shard["index"])).update({"cancel_requested": True})
+    for shard in store.run_shards(run_id):
+        if (index is None or shard["index"] == index) and shard["status"] not in TERMINAL_RUN:
+            store.col(Collection.SHARDS).document(shard_id(run_id, shard["index"])).update({"cancel_requested": True})
             asked.append(shard["index"])
     return asked
 
@@ -209,21 +195,18 @@ def index_from_environment(environ: dict[str, str] | None = None) -> tuple[int, 
     return 0, replicas > 1
 
 
-RETRY_PENDING, RETRY_DONE, RETRY_EXHAUSTED = "pending", "done", "exhausted"  # a failed shard's retry
-
-
 def failed_unretried(store: RunStore, limit: int = 200) -> list[dict]:
     """Failed shards whose retry is still to be decided (retried, or given up on)."""
     from google.cloud import firestore
 
-    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("retry", "==", RETRY_PENDING)).limit(limit)
+    query = store.col(Collection.SHARDS).where(filter=firestore.FieldFilter("retry", "==", ShardRetry.PENDING)).limit(limit)
     return [d.to_dict() for d in query.stream()]
 
 
-def settle_retry(store: RunStore, run_id: str, index: int, state: str, retried_as: str | None = None,
+def settle_retry(store: RunStore, run_id: str, index: int, state: ShardRetry, retried_as: str | None = None,
                  transaction=None) -> None:
     fields = {"retry": state, **({"retried_as": retried_as} if retried_as else {})}
-    ref = store.col(COLLECTION).document(shard_id(run_id, index))
+    ref = store.col(Collection.SHARDS).document(shard_id(run_id, index))
     (transaction.update(ref, fields) if transaction is not None else ref.update(fields))
 
 
@@ -247,7 +230,7 @@ class ShardRef:
                    run.get("launcher", "local"), shard["isbns"])
 
 
-def close(cfg, store: RunStore, ref: ShardRef, status: str, results: list[dict], reason: str,
+def close(cfg, store: RunStore, ref: ShardRef, status: RunStatus, results: list[dict], reason: str,
           zenml_run_id: str = "") -> dict | None:
     """Record the shard's ending and announce it with its results; when it was the run's
     last shard, announce the run's ending too (with counts, not results: each shard's event
@@ -256,7 +239,7 @@ def close(cfg, store: RunStore, ref: ShardRef, status: str, results: list[dict],
     from shared.pubsub import publish
 
     recorded, run = finish(store, ref.run_id, ref.index, status, {r["isbn"]: r for r in results},
-                           error="" if status in ("succeeded", "quarantined") else reason, zenml_run_id=zenml_run_id)
+                           error="" if status in ENDED_WELL else reason, zenml_run_id=zenml_run_id)
     if not recorded:  # its ending was recorded before (reaped as dead, or a second report): announced then
         log.info("shard %d of %s had ended already; not %s again", ref.index, ref.run_id, status)
         return None

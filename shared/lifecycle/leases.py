@@ -10,21 +10,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from shared.layout import Collection
 from shared.logs import get_logger
 from shared.runstore import RunStore, expires, now
 
 log = get_logger(__name__)
-COLLECTION = "leases"
-OUTBOX = "follow_ups"  # follow-up requests written with the release, published after it
 
 
 def read(store: RunStore, transaction, isbns: list[str]) -> dict[str, dict | None]:
     """The current leases (Firestore transactions read everything before writing), each
     expired one marked with whether its run exists: a cause that stopped between deciding
     groups holds leases for a run it never created, and claim() must not update that run."""
-    held = store.read_many(transaction, {isbn: store.col(COLLECTION).document(isbn) for isbn in isbns})
+    held = store.read_many(transaction, {isbn: store.col(Collection.LEASES).document(isbn) for isbn in isbns})
     expired_runs = {lease["run_id"] for lease in held.values() if lease and lease["expires_at"] <= now()}
-    runs = store.read_many(transaction, {r: store.col("runs").document(r) for r in expired_runs})
+    runs = store.read_many(transaction, {r: store.col(Collection.RUNS).document(r) for r in expired_runs})
     for lease in held.values():
         if lease and lease["run_id"] in expired_runs:
             lease["run_exists"] = runs[lease["run_id"]] is not None
@@ -35,11 +34,11 @@ def claim(store: RunStore, transaction, held: dict[str, dict | None], isbns: lis
           ttl_seconds: int, cause: dict) -> tuple[list[str], list[str]]:
     """Lease the free ISBNs for ``run_id``; queue ``cause`` as a follow-up on the busy ones.
     An expired lease is taken over; the shard that held it is reaped after the commit
-    (``taken_over``, then trigger.reap_shard)."""
+    (``taken_over``, then runs.reap_shard)."""
     leased, busy = [], []
     for isbn in isbns:
         lease = held.get(isbn)
-        ref = store.col(COLLECTION).document(isbn)
+        ref = store.col(Collection.LEASES).document(isbn)
         if lease and lease["run_id"] != run_id and lease["expires_at"] > now():
             follow_ups = lease.get("follow_ups", [])
             if cause.get("key") not in {f.get("key") for f in follow_ups}:
@@ -63,7 +62,7 @@ def held_by(store: RunStore, run_id: str, shard: int | None = None):
     """The query for the leases a run holds, or one of its shards."""
     from google.cloud import firestore
 
-    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("run_id", "==", run_id))
+    query = store.col(Collection.LEASES).where(filter=firestore.FieldFilter("run_id", "==", run_id))
     return query if shard is None else query.where(filter=firestore.FieldFilter("shard", "==", shard))
 
 
@@ -97,7 +96,7 @@ def release_all(store: RunStore, run_id: str, shard: int | None = None) -> dict[
                     found[lease["isbn"]] = lease["follow_ups"]
                 transaction.delete(snap.reference)
             if found:
-                transaction.set(store.col(OUTBOX).document(outbox_id),
+                transaction.set(store.col(Collection.FOLLOW_UPS).document(outbox_id),
                                 {"request": follow_up_request(run_id, found).model_dump(mode="json"),
                                  "published": False, "at": now()})
             return found
@@ -120,9 +119,9 @@ def flush_follow_ups(store: RunStore, run_ids: list[str] | None = None) -> int:
     from shared.pubsub import publish
 
     if run_ids is None:
-        pending = store.col(OUTBOX).where(filter=firestore.FieldFilter("published", "==", False)).stream()
+        pending = store.col(Collection.FOLLOW_UPS).where(filter=firestore.FieldFilter("published", "==", False)).stream()
     else:
-        pending = (store.col(OUTBOX).document(r).get() for r in run_ids)
+        pending = (store.col(Collection.FOLLOW_UPS).document(r).get() for r in run_ids)
     count = 0
     for snap in pending:
         entry = snap.to_dict() if snap.exists else None
@@ -168,7 +167,7 @@ class Heartbeat:
     def _beat(self) -> None:
         import time
 
-        from shared import shards
+        from shared.lifecycle import shards
 
         last_extended = time.monotonic()
         while not self.stopped.wait(min(self.ttl / 3, self.CANCEL_POLL_SECONDS)):
@@ -206,5 +205,5 @@ def expired(store: RunStore, at: datetime | None = None) -> list[dict[str, Any]]
     from google.cloud import firestore
 
     at = at or now()
-    query = store.col(COLLECTION).where(filter=firestore.FieldFilter("expires_at", "<", at))
+    query = store.col(Collection.LEASES).where(filter=firestore.FieldFilter("expires_at", "<", at))
     return [s.to_dict() for s in query.stream()]
