@@ -17,6 +17,7 @@ class CauseKind(StrEnum):
     REQUEST = "request"
     FOLLOW_UP = "follow-up"
     RETRY = "retry"
+    MANUAL = "forced"        # `bookcast train`: trains the given series, no decision
 
 
 @dataclass

@@ -68,7 +68,7 @@ def cmd_train(args, cfg) -> int:
         console.print(f"[yellow]{isbn} not trained[/]: {problem}")
     series = {i: s for i, s in series.items() if not args.isbn or i in args.isbn}
     correlation_id = f"cli-{uuid.uuid4().hex[:12]}"
-    cause = {"kind": "forced", "key": correlation_id, "forced": True, "by": "bookcast train"}
+    cause = {"kind": CauseKind.MANUAL, "key": correlation_id, "forced": True, "by": "bookcast train"}
     launcher = args.launcher or "local"
     request = prepare_run(cfg, store, series, cause, correlation_id, launcher)
     run_id = request.run_id

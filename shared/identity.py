@@ -168,12 +168,12 @@ def mint_local_token(cfg: Settings, audience: str, email: str = LOCAL_CALLER, li
 def record_refusal(cfg: Settings, error: IdentityError, route: str, note: str | None = None,
                    correlation_id: str | None = None, store=None) -> str:
     """Audits a refused request (who it claimed to be, why it was refused) in Firestore."""
-    from shared.layout import Collection
+    from shared.layout import AuditKind, Collection
     from shared.runstore import RunStore, now
 
     store = store or RunStore(cfg)
     audit_id = f"refused-{uuid.uuid4().hex[:12]}"
-    store.col(Collection.AUDIT).document(audit_id).set({"kind": "refused", "route": route, "status": error.status,
+    store.col(Collection.AUDIT).document(audit_id).set({"kind": AuditKind.REFUSED, "route": route, "status": error.status,
                                                "code": error.code, "detail": error.message, "note": note,
                                                "at": now(), "correlation_id": correlation_id})
     log.warning("refused %s: %s", route, error.message, extra={"audit_id": audit_id, "code": error.code})

@@ -26,7 +26,7 @@ stored packed (``runstore.pack``: zlib-compressed JSON bytes), so no document ne
   champions/{isbn}            the champion index: the served version's tags and serving forecast
   alias_history/{auto}        every alias move MLflow does not remember
   alias_backups/{backup_id}   the aliases a rollback found, before it moved any
-  audit/{id}                  rollbacks, approvals, releases and refused callers: who, what, result
+  audit/{id}                  rollbacks, approvals, releases and refused callers (AuditKind): who, what
   alerts/{key}                an alert's state: open, pending, last_sent_at (deduplication)
   alert_counts/{hour}         alerts sent in an hour (the rate limit)
   challenges/{isbn}           the ISBN's latest challenger trial (states.TrialStatus), both forecasts
@@ -63,3 +63,11 @@ class Collection(StrEnum):
 
 
 GROUPS = "groups"  # a cause's per-group markers: a subcollection of causes/{key}
+
+
+class AuditKind(StrEnum):
+    """What an audit/{id} entry records."""
+    ROLLBACK = "rollback"
+    APPROVAL = "approval"
+    RELEASE = "release"
+    REFUSED = "refused"      # a caller refused for its identity

@@ -30,7 +30,7 @@ from shared.layout import Collection
 from shared.logs import get_logger
 from shared.model_store import AliasTarget
 from shared.runstore import RunStore, now, unpack_isbns
-from shared.states import UNTRAINED, IsbnStatus, RunEvent, RunStatus
+from shared.states import UNTRAINED, AliasMove, IsbnStatus, RunEvent, RunStatus
 from shared.version_tags import Tag, VersionTags
 
 log = get_logger(__name__)
@@ -121,7 +121,7 @@ def event_alerts(message: PubSubMessage) -> list[Alert]:
                       f"{event['isbn']} v{event['from_version']} failed validation and was taken off serving",
                       f"now serving: {('v' + event['to_version']) if event['to_version'] else 'nothing'}; "
                       f"{event.get('reason', '')}", cid)]
-    if kind == "model.changed" and event.get("action") == "rollback":
+    if kind == "model.changed" and event.get("action") == AliasMove.ROLLBACK:
         return [Alert(f"rollback:{event['isbn']}:{event['to_version']}", WARNING,
                       f"{event['isbn']} rolled back v{event['from_version']} → v{event['to_version']}",
                       event.get("reason", ""), cid)]

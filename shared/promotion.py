@@ -32,7 +32,7 @@ from shared.config import Settings
 from shared.forecasting.serving import from_artifact
 from shared.logs import get_logger
 from shared.registry import CHALLENGER
-from shared.layout import Collection
+from shared.layout import AuditKind, Collection
 from shared.runstore import RunStore, now
 from shared.states import AliasMove, ApprovalStatus, IsbnStatus, TrialStatus
 from shared.version_tags import Tag, VersionTags
@@ -395,7 +395,7 @@ def decide_approval(cfg: Settings, isbn: str, version: str, approve: bool, reaso
     audit_id = f"approval-{uuid.uuid4().hex[:12]}"
     result = {"audit_id": audit_id, "isbn": isbn, "version": version, "status": status, "detail": detail,
               "ok": status != ApprovalStatus.FAILED}
-    store.col(Collection.AUDIT).document(audit_id).set({"kind": "approval", "decision": wanted, "isbn": isbn, "version": version,
+    store.col(Collection.AUDIT).document(audit_id).set({"kind": AuditKind.APPROVAL, "decision": wanted, "isbn": isbn, "version": version,
                                              "reason": reason, "actor": actor, "note": note, "result": result,
                                              "at": now(), "correlation_id": correlation_id})
     if status != ApprovalStatus.FAILED:

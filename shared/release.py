@@ -24,7 +24,7 @@ from pathlib import Path
 from shared import registry
 from shared.config import Settings
 from shared.logs import get_logger
-from shared.layout import Collection
+from shared.layout import AuditKind, Collection
 from shared.runstore import RunStore, now
 from shared.states import AliasMove, ReleaseStatus
 from shared.version_tags import Tag
@@ -148,7 +148,7 @@ def import_release(cfg: Settings, manifest_uri: str, actor: str, reason: str, st
         status = ReleaseStatus.SERVING if served else ReleaseStatus.FAILED
     result = {"isbn": isbn, "release_id": release_id, "version": version, "status": status}
     store.col(Collection.AUDIT).document(f"release-{uuid.uuid4().hex[:12]}").set({
-        "kind": "release", "actor": actor, "reason": reason, "manifest": manifest_uri, "result": result,
+        "kind": AuditKind.RELEASE, "actor": actor, "reason": reason, "manifest": manifest_uri, "result": result,
         "chain": chain, "at": now(), "correlation_id": correlation_id})
     log.info("imported %s as v%s in %s: %s", release_id, version, cfg.release.environment, status, extra={"isbn": isbn})
     return result

@@ -16,7 +16,7 @@ from shared import registry
 from shared.config import Settings
 from shared.identity import Caller
 from shared.logs import get_logger, labelled
-from shared.layout import Collection
+from shared.layout import AuditKind, Collection
 from shared.runstore import RunStore, now
 from shared.states import AliasMove, RollbackStatus
 from shared.version_tags import Gate, Tag, VersionTags
@@ -139,7 +139,7 @@ def _rolled_back(cfg: Settings, request: RollbackRequest, caller: Caller, store:
                                      detail=why if status == RollbackStatus.ROLLED_BACK else f"verification read v{verified}"))
     result = {"audit_id": audit_id, "backup_id": backup_id, "ok": all(o.status != RollbackStatus.FAILED for o in outcomes),
               "results": [o.model_dump() for o in outcomes]}
-    store.col(Collection.AUDIT).document(audit_id).set({"kind": "rollback", "request": request.model_dump(), "result": result,
+    store.col(Collection.AUDIT).document(audit_id).set({"kind": AuditKind.ROLLBACK, "request": request.model_dump(), "result": result,
                                                "actor": caller.email, "actor_issuer": caller.issuer,
                                                "note": request.actor, "at": now(), "correlation_id": correlation_id})
     log.warning("rollback by %s: %s", caller.email, ", ".join(f"{o.isbn} {o.status}" for o in outcomes),

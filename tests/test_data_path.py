@@ -25,7 +25,7 @@ from shared.runstore import RunStore, now
 from shared.sales import series_hash
 from shared.topology import load
 from shared.training import flow
-from shared.layout import GROUPS
+from shared.layout import GROUPS, Collection
 from shared.trigger import handle
 from tests.helpers import END, sample
 from tests.test_trigger import dry_cfg, notifications, upload  # noqa: F401  (fixture)
