@@ -58,6 +58,7 @@ def ours(args: tuple) -> dict:
     from shared.config import load_settings
     from shared.forecasting import models
     from shared.forecasting.models import COMBINATION, FittedModel
+    from shared.states import TrainStatus
     from shared.training.per_isbn import gate, train_isbn
 
     series, profile = args
@@ -67,7 +68,7 @@ def ours(args: tuple) -> dict:
     started = time.process_time()
     candidate = train_isbn(series.name, weeks, list(train), cfg.training)
     seconds = time.process_time() - started
-    if candidate.status != "trained":
+    if candidate.status != TrainStatus.TRAINED:
         raise RuntimeError(f"{series.name}: {candidate.status}: {candidate.reason}")
     verdict = gate(candidate, cfg.gates)
     served = candidate.model if verdict.passed else candidate.fallbacks[verdict.fallback]["model"]

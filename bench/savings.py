@@ -61,11 +61,12 @@ def _train(isbn, start, y, training, gates, champion_spec, now):
     from shared.forecasting.models import FittedModel
     from shared.version_tags import Tag, metric_tag
     from shared.sales import series_hash
+    from shared.states import TrainStatus
     from shared.training.per_isbn import CHAMPION, gate, serving_forecast, train_isbn
 
     weeks = [start + timedelta(weeks=i) for i in range(len(y))]
     candidate = train_isbn(isbn, weeks, list(y), training, champion_spec)
-    if candidate.status != "trained":  # as the pipeline: nothing new to serve
+    if candidate.status != TrainStatus.TRAINED:  # as the pipeline: nothing new to serve
         return None, False
     verdict = gate(candidate, gates)
     passed = verdict.passed

@@ -23,9 +23,9 @@ from shared.logs import configure
 
 from shared.config import load_settings
 from shared.forecasting.metrics import accuracy
-from shared.forecasting.models import SEASON
-from shared.forecasting.models import seasonal_naive
+from shared.forecasting.models import SEASON, seasonal_naive
 from shared.sample_data import generate
+from shared.states import TrainStatus
 from shared.training.per_isbn import holdout_size
 
 END = date(2026, 11, 23)
@@ -50,7 +50,7 @@ def ours_one(args):
 
     isbn, weeks, y, training_json = args
     candidate = train_isbn(isbn, weeks, list(y), TrainingSettings.model_validate_json(training_json))
-    return candidate.metrics if candidate.status == "trained" else None
+    return candidate.metrics if candidate.status == TrainStatus.TRAINED else None
 
 
 def bench_ours(frame, cfg, workers):

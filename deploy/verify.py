@@ -10,6 +10,7 @@ from __future__ import annotations
 import requests
 
 from deploy.plan import Plan
+from shared.states import HealthStatus
 
 
 def forecast_problems(url: str, token: str | None, isbns: list[str]) -> list[str]:
@@ -22,7 +23,7 @@ def forecast_problems(url: str, token: str | None, isbns: list[str]) -> list[str
     if health.status_code != 200:
         return [f"forecast /health answered {health.status_code}: {health.text[:200]}"]
     body = health.json()
-    if body.get("status") != "ok":
+    if body.get("status") != HealthStatus.OK:
         problems.append(f"forecast /health status {body.get('status')!r}")
     if not body.get("registry_reachable"):
         problems.append("the forecast function cannot reach the MLflow registry")

@@ -117,7 +117,7 @@ def import_release(cfg: Settings, manifest_uri: str, actor: str, reason: str, st
     imported = [v for v in registry.client(cfg).search_model_versions(f"name='{name}'")
                 if (v.tags or {}).get(Tag.RELEASE_ID) == release_id]
     if imported:
-        return {"isbn": isbn, "release_id": release_id, "version": imported[0].version, "status": "imported already"}
+        return {"isbn": isbn, "release_id": release_id, "version": imported[0].version, "status": ReleaseStatus.IMPORTED_ALREADY}
     contents = {}
     for path, artifact in manifest["artifacts"].items():
         content = bucket.blob(artifact["object"]).download_as_bytes()

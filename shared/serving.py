@@ -29,6 +29,7 @@ from shared.config import Settings
 from shared.forecasting.serving import from_artifact
 from shared.logs import get_logger
 from shared.registry import CHALLENGER
+from shared.states import HealthStatus
 from shared.version_tags import VersionTags
 
 log = get_logger(__name__)
@@ -276,7 +277,7 @@ class ForecastService:
         return [start + timedelta(weeks=i) for i in range(len(artifact["history"]))], artifact["history"]
 
     def health(self) -> dict:
-        return {"status": "ok", "models_cached": sum(1 for m in self.cache.values() if m.target),
+        return {"status": HealthStatus.OK, "models_cached": sum(1 for m in self.cache.values() if m.target),
                 "alias": self.cfg.serving.alias,
                 "registry_reachable": model_store.healthy(self.cfg)}
 

@@ -105,7 +105,13 @@ class ReleaseStatus(StrEnum):
     """One ISBN's part of a release promotion (shared/release.py)."""
     SERVING = "serving"
     WAITING = "waiting for approval"
+    IMPORTED_ALREADY = "imported already"
     FAILED = "failed"
+
+
+class HealthStatus(StrEnum):
+    """What a function's /health answers."""
+    OK = "ok"
 
 
 class AliasMove(StrEnum):

@@ -22,6 +22,7 @@ from shared.runstore import RunStore, now, unpack_isbns
 from shared.states import RunStatus
 from shared.trace import timeline
 from shared.layout import Collection
+from shared.states import HealthStatus
 from shared.causes import CauseKind
 
 LIST_LIMIT = 200  # rows on the runs, uploads and alerts pages (newest first)
@@ -53,7 +54,7 @@ def create_app(cfg: Settings | None = None, store: RunStore | None = None) -> Fl
 
     @app.get("/health")
     def health():
-        return {"status": "ok"}
+        return {"status": HealthStatus.OK}
 
     @app.get("/")
     def fleet_page():
