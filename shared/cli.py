@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     _formats(request)
     request.set_defaults(handler=cmd_request, needs=("pubsub", "firestore"))
     runs = sub.add_parser("runs", help="list training runs")
-    runs.add_argument("--status", choices=tuple(RunStatus), help="only runs in this state")
+    runs.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs in this state")
     runs.add_argument("--limit", type=int, default=30, help="newest first, at most this many")
     _formats(runs)
     runs.set_defaults(handler=cmd_runs, needs=("firestore",))

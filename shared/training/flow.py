@@ -56,7 +56,7 @@ def job_context(request: dict | TrainingJob, zenml_run_id: str = "") -> JobConte
 
     raw = request.model_dump(mode="json") if isinstance(request, TrainingJob) else request
     key = (raw["run_id"], raw.get("shard"), raw.get("attempt", 1))
-    if key not in _contexts:
+    if key not in _contexts or isinstance(request, TrainingJob):  # a typed job is always installed afresh
         job = request if isinstance(request, TrainingJob) else TrainingJob.model_validate(raw)
         cfg = Settings.from_snapshot(job.settings)
         _contexts[key] = JobContext(job=job, cfg=cfg, store=RunStore(cfg))
@@ -222,7 +222,7 @@ def register_version(context: JobContext, kind: VersionKind, candidate: Candidat
     registration = registry.register(
         context.cfg, candidate.isbn, model,
         candidate.serving if model is candidate.model else serving_forecast(model),  # a fallback or refit: its own
-        params={Tag.FAMILY: family, **params}, metrics=metrics, study=study, plot_png=plot_png,
+        params={Tag.KIND: kind, Tag.FAMILY: family, **params}, metrics=metrics, study=study, plot_png=plot_png,
         tags=contract(kind, family=family, spec=spec, baseline=baseline, quarantined=quarantined, gate=gate,
                       **{**lineage, **tags}))
     if alias_move is not None:
@@ -289,7 +289,7 @@ def register_fallback(context: JobContext, candidate: Candidate, info: dict, ver
     replaces = f"it replaces the champion v{champion.version}" if champion is not None else "no champion existed"
     registration = register_version(
         context, VersionKind.BASELINE, candidate, info, model=fallback["model"], family=spec["kind"], spec=spec,
-        baseline=True, gate=Gate.BASELINE, metrics={**fallback["metrics"], **evidence}, params=spec,
+        baseline=True, gate=Gate.BASELINE, metrics={**fallback["metrics"], **evidence}, params={},
         alias_move=AliasMove.BASELINE,
         reason=f"no candidate passed and {replaces}: {verdict.fallback_reason} (refused: {'; '.join(verdict.reasons)})")
     label = ModelSpec.from_dict(spec).label()
@@ -347,7 +347,7 @@ def refresh_candidate(cfg: Settings, isbn: str, info: dict, refresh: Refresh) ->
         return None
     tags = VersionTags(version.tags)
     return Candidate(isbn=isbn, status=TrainStatus.REFRESHED, spec=model["spec"], model=model, serving=serving,
-                     metrics=tags.metrics, reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
+                     metrics=gates.metrics_from_tags(version.tags) or {}, reason=f"refreshed v{refresh.version} with {len(weeks) - fitted.n_obs} new week(s)",
                      train_window=(tags.get(Tag.TRAIN_WINDOW_START), tags.get(Tag.TRAIN_WINDOW_END)),
                      holdout_weeks=int(tags.get(Tag.HOLDOUT_WEEKS, "0")),
                      study={"refreshed_from": refresh.version, "tags": version.tags},
