@@ -28,7 +28,7 @@ def main() -> None:
     from shared.logs import configure
     from shared.sample_data import generate
     from shared.jobs import training_job
-    from shared.training.flow import REGISTRATION_THREADS, gate_and_register, job_context
+    from shared.training.flow import REGISTRATION_THREADS, gate_and_register, bind_job
     from shared.training.per_isbn import train_isbn
 
     configure("WARNING")
@@ -46,7 +46,7 @@ def main() -> None:
             table.add_column(column, justify="right")
         for size in args.sizes:
             cfg = cfg.model_copy(update={"model_name_prefix": f"bench-{uuid.uuid4().hex[:6]}-"})
-            context = job_context(training_job(cfg, f"bench-{size}", {}, [], f"bench-{size}", {}, cfg.launcher))
+            context = bind_job(training_job(cfg, f"bench-{size}", {}, [], f"bench-{size}", {}, cfg.launcher))
             candidates = [replace(candidate, isbn=f"979{i:010d}") for i in range(size)]
             started = time.perf_counter()
             with ThreadPoolExecutor(REGISTRATION_THREADS) as pool:

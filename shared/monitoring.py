@@ -26,6 +26,7 @@ from shared.alerting import CRITICAL, INFO, WARNING, Alert, Condition, send
 from shared.config import Settings
 from shared.events import MessageRejected, PubSubMessage, ScheduleTick, Topics
 from shared.failures import PermanentFailure, parse
+from shared.forecasting.models import BASELINE as BASELINE_FAMILY
 from shared.layout import Collection
 from shared.logs import get_logger
 from shared.model_store import AliasTarget
@@ -208,7 +209,7 @@ def model_findings(cfg: Settings, isbn: str, target: AliasTarget | None, first_t
     found.check(UNSERVED, isbn, None)
     found.check(STALE, isbn, staleness(cfg, target))
     found.check(BASELINE, isbn, (f"{isbn} is served by a fallback",
-                                 f"v{target.version} ({VersionTags(target.tags).family}): no tuned candidate "
+                                 f"v{target.version} ({VersionTags(target.tags).family or BASELINE_FAMILY}): no tuned candidate "
                                  "has passed the quality gates yet")
                 if is_baseline(target) else None)
     found.check(THRESHOLDS, isbn, threshold_breaches(cfg, target))

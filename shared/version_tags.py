@@ -54,7 +54,6 @@ class Gate(StrEnum):
 
 
 METRIC_PREFIX = "metric."
-CARRIED = (Tag.FAMILY, Tag.SPEC, Tag.BASELINE)  # what a refresh or refit keeps of the version it was made from
 LINEAGE = (Tag.FAMILY, Tag.KIND, Tag.REFRESHES, Tag.DATA_HASH, Tag.FITTED_AT, Tag.PIPELINE_RUN_ID, Tag.CODE_VERSION)
 
 
@@ -89,10 +88,6 @@ class VersionTags:
         return self.raw.get(tag, default)
 
     @property
-    def kind(self) -> str:
-        return self.raw.get(Tag.KIND, VersionKind.CANDIDATE)
-
-    @property
     def family(self) -> str:
         return self.raw.get(Tag.FAMILY, "")
 
@@ -115,7 +110,3 @@ class VersionTags:
     def metric(self, name: str) -> float | None:
         value = self.raw.get(metric_tag(name))
         return float(value) if value is not None else None
-
-    def carried(self) -> dict[str, str]:
-        """What a refresh or refit of this version keeps."""
-        return {k: self.raw[k] for k in CARRIED if k in self.raw}

@@ -49,18 +49,24 @@ class JobContext:
 _contexts: dict[tuple, JobContext] = {}
 
 
-def job_context(request: dict | TrainingJob, zenml_run_id: str = "") -> JobContext:
-    """The job's context, built on first use in this process: the worker builds it before the
-    pipeline runs, and each ZenML step, handed the job as JSON, finds it here again."""
+def _key(job: dict) -> tuple:
+    return job["run_id"], job.get("shard"), job.get("attempt", 1)
+
+
+def bind_job(job: TrainingJob) -> JobContext:
+    """This worker's context for ``job``, replacing any one of the same run, shard and attempt."""
     from shared.runstore import RunStore
 
-    raw = request.model_dump(mode="json") if isinstance(request, TrainingJob) else request
-    key = (raw["run_id"], raw.get("shard"), raw.get("attempt", 1))
-    if key not in _contexts or isinstance(request, TrainingJob):  # a typed job is always installed afresh
-        job = request if isinstance(request, TrainingJob) else TrainingJob.model_validate(raw)
-        cfg = Settings.from_snapshot(job.settings)
-        _contexts[key] = JobContext(job=job, cfg=cfg, store=RunStore(cfg))
-    context = _contexts[key]
+    cfg = Settings.from_snapshot(job.settings)
+    context = _contexts[_key(job.model_dump(include={"run_id", "shard", "attempt"}))] = JobContext(
+        job=job, cfg=cfg, store=RunStore(cfg))
+    return context
+
+
+def job_context(request: dict, zenml_run_id: str = "") -> JobContext:
+    """The context the worker bound to the job each ZenML step is handed as JSON (built
+    from it, once, when a step runs in a process of its own)."""
+    context = _contexts.get(_key(request)) or bind_job(TrainingJob.model_validate(request))
     return replace(context, zenml_run_id=zenml_run_id) if zenml_run_id else context
 
 

@@ -24,7 +24,7 @@ from shared.jobs import TrainingJob
 from shared.lifecycle.launch import worker_file
 from shared.logs import configure, correlated, get_logger
 from shared.states import RunEvent, RunStatus
-from shared.training.flow import job_context
+from shared.training.flow import bind_job, job_context
 
 log = get_logger("training.worker")
 
@@ -44,7 +44,7 @@ def execute(request: dict, shard: int = 0) -> dict:
     from shared.lifecycle import shards
     from shared.pubsub import publish
 
-    run = job_context(TrainingJob.model_validate(request))
+    run = bind_job(TrainingJob.model_validate(request))
     cfg, store, run_id = run.cfg, run.store, run.job.run_id
     with correlated(run.job.correlation_id):
         record = shards.start(store, run_id, shard, handle=f"pid {os.getpid()}")
@@ -66,7 +66,7 @@ def execute(request: dict, shard: int = 0) -> dict:
             with Heartbeat(store, run_id, cfg.training.lease_ttl_seconds, shard=shard,
                            on_cancel=cancellation.requested):
                 zenml_store.ready()
-                job_context(job)  # the steps find this shard's job here, validated once
+                bind_job(job)  # the steps find this shard's job here, validated once
                 summary = pipeline.run(job.model_dump(mode="json"))
         except Exception as error:
             log.exception("training run %s shard %d failed", run_id, shard, extra={"run_id": run_id, "shard": shard})
