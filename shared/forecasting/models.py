@@ -12,8 +12,8 @@
 - ``theta``: the Theta method (statsmodels ThetaModel), deseasonalised when two years allow.
 - ``tsb``: Teunter-Syntetos-Babai intermittent demand: smoothed demand probability times
   smoothed demand size, for slow titles with many zero weeks.
-- ``combination``: the mean of the best two or three families' forecasts, when that scores
-  better on the folds than any one of them (combinations are robust on real sales).
+- ``combination``: the mean of the best two to four families' forecasts, unless it is more
+  than a quarter worse on the folds than the best one alone (combinations are robust on real sales).
 - ``seasonal_naive``: last year's week, the baseline every candidate must beat.
 - ``plain_combination``: seasonal naive, Theta and damped ETS averaged, untuned: with seasonal
   naive and the champion, one of the fallbacks a refused candidate is replaced by.
