@@ -298,3 +298,20 @@ def test_model_labels_are_plain_words():
     assert ModelSpec(kind="theta", seasonal=True).label() == "Theta (deseasonalised) on log units"
     assert ModelSpec(kind="harmonic_arima", p=2, d=0, q=1, fourier=7).label() == \
         "ARIMA(2,0,1) + 7 Fourier pairs on log units"
+
+
+def test_a_combination_weighs_its_members_by_their_backtest_errors():
+    from shared.forecasting.tuning import combination_weights
+
+    assert combination_weights([1.0, 2.0]) == (0.8, 0.2)  # twice as far off: a quarter of the weight
+    frame = sample(1, years=3, seed=5)
+    candidate = train_isbn("9780306406157", *weekly(frame), TRAINING)
+    spec = ModelSpec.from_dict(candidate.spec)
+    assert spec.kind == "combination" and len(spec.weights) == len(spec.members) >= 2
+    assert sum(spec.weights) == pytest.approx(1, abs=1e-3)
+    # Re-weighed on every window, the holdout included: not the weights the folds alone gave.
+    assert list(spec.weights) != candidate.study["fold_weights"]
+    assert spec.label().startswith("weighted mean of ") and f"({spec.weights[0]:.0%})" in spec.label()
+    fitted = FittedModel.from_dict(candidate.model)
+    members = [models.forecast(m, 8).bounds(0.5)[0] for m in fitted.members]
+    np.testing.assert_allclose(models.forecast(fitted, 8).bounds(0.5)[0], np.average(members, axis=0, weights=spec.weights))

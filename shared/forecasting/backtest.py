@@ -57,6 +57,10 @@ class Backtest:
         return float(self.errors.mean())
 
     @property
+    def rmse(self) -> float:
+        return float(np.sqrt(np.mean(self.errors ** 2)))
+
+    @property
     def wape(self) -> float:
         sold = float(np.abs(self.actual).sum())
         return float(self.errors.sum()) / sold if sold > 0 else (0.0 if self.mae == 0 else math.inf)

@@ -12,8 +12,9 @@
 - ``theta``: the Theta method (statsmodels ThetaModel), deseasonalised when two years allow.
 - ``tsb``: Teunter-Syntetos-Babai intermittent demand: smoothed demand probability times
   smoothed demand size, for slow titles with many zero weeks.
-- ``combination``: the mean of the best two to four families' forecasts, unless it is more
-  than a quarter worse on the folds than the best one alone (combinations are robust on real sales).
+- ``combination``: the best two to four families' forecasts averaged, each weighted by the
+  inverse square of its backtest error, unless it is more than a quarter worse on the folds
+  than the best one alone (combinations are robust on real sales).
 - ``seasonal_naive``: last year's week, the baseline every candidate must beat.
 - ``plain_combination``: seasonal naive, Theta and damped ETS averaged, untuned: with seasonal
   naive and the champion, one of the fallbacks a refused candidate is replaced by.
@@ -61,8 +62,9 @@ class ModelSpec:
     # tsb: smoothing of the demand size and of the demand probability
     alpha: float = 0.1
     beta: float = 0.1
-    # combination: the member specs
+    # combination: the member specs and their weights (empty: equal weights)
     members: tuple["ModelSpec", ...] = ()
+    weights: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
@@ -74,12 +76,15 @@ class ModelSpec:
             values["seasonal_order"] = tuple(values["seasonal_order"])
         if "members" in values:
             values["members"] = tuple(cls.from_dict(m) for m in values["members"])
+        if "weights" in values:
+            values["weights"] = tuple(float(w) for w in values["weights"])
         return cls(**values)
 
     def to_dict(self) -> dict:
         """Only what this family uses, so registry params and tags read plainly."""
         if self.kind == COMBINATION:
-            return {"kind": self.kind, "members": [m.to_dict() for m in self.members]}
+            return {"kind": self.kind, "members": [m.to_dict() for m in self.members],
+                    **({"weights": list(self.weights)} if self.weights else {})}
         used = {"kind", "transform"} | {
             "harmonic_arima": {"p", "d", "q", "fourier", "holiday"},
             "sarima": {"p", "d", "q", "seasonal_order"},
@@ -96,7 +101,11 @@ class ModelSpec:
         if self.kind == BASELINE:
             return "seasonal naive"
         if self.kind == COMBINATION:
-            return "mean of " + " and ".join(m.label() for m in self.members)
+            parts = [m.label() for m in self.members]
+            if self.weights:
+                parts = [f"{part} ({weight:.0%})" for part, weight in zip(parts, self.weights)]
+            return ("weighted mean of " if self.weights else "mean of ") + " and ".join(
+                [", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
         if self.kind == "tsb":
             return f"TSB intermittent (alpha {self.alpha:.2f}, beta {self.beta:.2f})"
         if self.kind == "ets":
@@ -376,7 +385,7 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
         se = sigma * np.sqrt(steps // season + 1)
         return Forecast(forecast_start, mean, se, "none", model.interval_scale)
     if model.spec.kind == COMBINATION:
-        combined = combine([forecast(m, horizon) for m in model.members])
+        combined = combine([forecast(m, horizon) for m in model.members], model.spec.weights)
         combined.interval_scale = model.interval_scale
         return combined
     with warnings.catch_warnings():
@@ -390,12 +399,15 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
     return Forecast(forecast_start, mean, np.maximum(se, 1e-9), transform, model.interval_scale)
 
 
-def combine(forecasts: list[Forecast]) -> Forecast:
-    """The mean of the members' point forecasts in units, with a log1p-space spread that
-    averages theirs (calibration then sets the combination's own interval widths)."""
+def combine(forecasts: list[Forecast], weights: tuple[float, ...] = ()) -> Forecast:
+    """The (weighted) mean of the members' point forecasts in units, with a log1p-space
+    spread that averages theirs the same way (calibration then sets the combination's own
+    interval widths). No weights: every member counts the same."""
     points = np.array([f.bounds(0.5)[0] for f in forecasts])
     log_se = np.array([f.se if f.transform == "log1p" else f.se / (1 + p) for f, p in zip(forecasts, points)])
-    return Forecast(forecasts[0].start, np.log1p(points.mean(axis=0)), np.maximum(log_se.mean(axis=0), 1e-9), "log1p")
+    share = np.asarray(weights, float) if len(weights) else None
+    return Forecast(forecasts[0].start, np.log1p(np.average(points, axis=0, weights=share)),
+                    np.maximum(np.average(log_se, axis=0, weights=share), 1e-9), "log1p")
 
 
 def point_forecast(y: np.ndarray, start: date, spec: ModelSpec, horizon: int) -> np.ndarray:

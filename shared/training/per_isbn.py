@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -18,7 +18,7 @@ from shared.forecasting.backtest import Backtest
 from shared.forecasting.gates import backtest_evidence, best_fallback, breaches, champion_evidence
 from shared.forecasting.metrics import accuracy
 from shared.forecasting.models import BASELINE, COMBINATION, SEASON, FittedModel, ModelSpec, plain_combination
-from shared.forecasting.tuning import search
+from shared.forecasting.tuning import SearchResult, combination_weights, search
 from shared.states import TrainStatus
 
 SERVING_HORIZON = 104
@@ -92,6 +92,19 @@ def backtested(y: np.ndarray, start: date, spec: ModelSpec, plan: list[backtest.
     return found, metrics, curve, final
 
 
+def reweighed(y: np.ndarray, start: date, result: SearchResult, plan: list[backtest.Window],
+              metric: str) -> tuple[ModelSpec, list[models.Forecast]]:
+    """A combination's members re-weighed on every backtest window, the holdout included,
+    and its forecast of each window with those weights. The holdout's 26 weeks are the
+    latest and longest evidence of which member follows the title now (the folds are a few
+    weeks each); the price is that the gates judge a spec whose weights have seen the
+    holdout (its members and their parameters were chosen on the folds alone)."""
+    runs = [backtest.run(y, start, member, plan, known) for member, known in zip(result.spec.members, result.member_folds)]
+    weights = combination_weights([found.rmse if metric == "rmse" else found.mae for found, _ in runs])
+    return (replace(result.spec, weights=weights),
+            [models.combine([forecasts[i] for _, forecasts in runs], weights) for i in range(len(plan))])
+
+
 def train_isbn(isbn: str, weeks: list[date], units: list[float], training: TrainingSettings,
                champion_spec: dict | None = None) -> Candidate:
     started = time.perf_counter()
@@ -110,8 +123,12 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
         holdout = holdout_size(len(y), training.holdout_weeks)
         cut = len(y) - holdout
         plan = backtest.windows(cut, holdout)
-        spec, study, folds = search(y[:cut], start, training.trials, training.max_fourier_pairs, training.seed)
-        found, metrics, curve, final = backtested(y, start, spec, plan, folds)
+        result = search(y[:cut], start, training.trials, training.max_fourier_pairs, training.seed)
+        spec, study, known = result.spec, result.summary, result.folds
+        if result.member_folds:
+            spec, known = reweighed(y, start, result, plan, study["cv_metric"])
+            study["fold_weights"], study["best_params"] = list(result.spec.weights), spec.to_dict()
+        found, metrics, curve, final = backtested(y, start, spec, plan, known)
         candidate.backtests[CANDIDATE] = found.to_dict()
         for name, option in ((BASELINE, ModelSpec(kind=BASELINE)), (COMBINATION, plain_combination(plan[0].cut))):
             option_backtest, option_metrics, _, option_final = backtested(y, start, option, plan)
