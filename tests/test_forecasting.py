@@ -259,6 +259,29 @@ def test_calibration_widens_overconfident_intervals_and_narrows_timid_ones():
     assert interval_scale(np.ones(3)) == []  # too few unseen weeks to say anything
 
 
+def test_calibrated_bands_follow_how_errors_grow_with_the_horizon():
+    from shared.forecasting.calibration import calibrate, interval_scale
+    from shared.forecasting.models import Forecast
+
+    rng = np.random.default_rng(4)
+    steps = np.arange(1, 27)
+    # The model's standard errors grow faster than its real errors: scores fall with the horizon.
+    horizons = np.tile(steps, 3)
+    scores = np.abs(rng.normal(0, 1, len(horizons))) * horizons ** -0.3
+    fresh = np.abs(rng.normal(0, 1, (4000, 26))) * steps ** -0.3
+
+    def cover(ratios, shape, weeks=26):
+        half = Forecast(date(2026, 1, 5), np.zeros(weeks), np.ones(weeks), "none", ratios, shape).bounds(0.8)[2]
+        return (fresh <= half[:26]).mean(axis=0), half
+
+    shaped, half = cover(*calibrate(scores, horizons), weeks=40)
+    flat, _ = cover(interval_scale(scores), [])
+    assert 0.72 < shaped[:6].mean() < 0.88 and 0.72 < shaped[-6:].mean() < 0.88
+    assert flat[-6:].mean() > 0.88 and flat[:6].mean() < shaped[:6].mean()  # one quantile for all: wrong at both ends
+    assert half[39] == half[25] < half[0]  # no narrower beyond the longest horizon the backtests saw
+    assert calibrate(np.ones(3), [1, 2, 3]) == ([], [])  # too few weeks: normal intervals, no shape
+
+
 def test_calibrated_intervals_reach_the_serving_artifact():
     from shared.forecasting.serving import from_artifact
 
@@ -266,6 +289,7 @@ def test_calibrated_intervals_reach_the_serving_artifact():
     candidate = train_isbn("9780306406157", *weekly(frame), TRAINING)
     artifact = serving_forecast(candidate.model)
     assert artifact["interval_scale"] == candidate.model["interval_scale"] and artifact["interval_scale"]
+    assert artifact["horizon_shape"] == candidate.model["horizon_shape"] == [0.3, 26.0]
     _, mean, lower, upper = from_artifact(artifact, 10, 0.8)
     plain = from_artifact({**artifact, "interval_scale": []}, 10, 0.8)
     ratio = dict(artifact["interval_scale"])[0.8]

@@ -65,9 +65,10 @@ class Backtest:
         sold = float(np.abs(self.actual).sum())
         return float(self.errors.sum()) / sold if sold > 0 else (0.0 if self.mae == 0 else math.inf)
 
-    def fold_scores(self) -> np.ndarray:
-        """Nonconformity on the folds alone (every window but the holdout)."""
-        return np.asarray(self.scores[: len(self.scores) - self.window_weeks[-1]], float)
+    @property
+    def horizons(self) -> list[int]:
+        """How many weeks ahead each scored week was forecast (1 at each window's start)."""
+        return [step for weeks in self.window_weeks for step in range(1, weeks + 1)]
 
     def to_dict(self) -> dict:
         return {"label": self.label, "actual": self.actual, "point": self.point, "scores": self.scores,

@@ -22,7 +22,9 @@
 A fitted model is kept as its spec and parameter vector (about 1 KB) plus the history it was
 conditioned on, and is rebuilt without re-estimation to forecast. Intervals are normal in the
 model's transformed space, widened or narrowed by ``interval_scale``: multipliers measured
-on unseen weeks (shared/forecasting/calibration.py), so an 80% band covers about 80%.
+on unseen weeks (shared/forecasting/calibration.py), so an 80% band covers about 80%, and
+shaped over the horizon by ``horizon_shape`` (real errors grow more slowly with the
+horizon than the models' standard errors say).
 """
 from __future__ import annotations
 
@@ -148,6 +150,18 @@ def calibrated_multiplier(level: float, interval_scale: list[list[float]] | None
     return z * float(np.interp(level, levels, ratios))
 
 
+def horizon_factor(steps: np.ndarray, horizon_shape: list[float] | None) -> np.ndarray:
+    """How much narrower than at one week ahead the calibrated band is ``steps`` weeks
+    ahead: ``[exponent, longest calibrated horizon]`` gives min(step, longest) ** -exponent,
+    flat beyond the horizons the calibration saw; no shape (versions calibrated before it
+    existed), 1 at every step."""
+    steps = np.asarray(steps, float)
+    if not horizon_shape:
+        return np.ones_like(steps)
+    exponent, longest = horizon_shape
+    return np.minimum(steps, longest) ** -exponent
+
+
 @dataclass
 class Forecast:
     """Point forecast and standard errors in the transformed space, from ``start``."""
@@ -156,9 +170,12 @@ class Forecast:
     se: np.ndarray
     transform: str
     interval_scale: list[list[float]] = field(default_factory=list)
+    horizon_shape: list[float] = field(default_factory=list)  # the first week is one week ahead
 
     def bounds(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         width = calibrated_multiplier(level, self.interval_scale) * self.se
+        if self.interval_scale:  # the shape belongs to the ratios it was measured with
+            width = width * horizon_factor(np.arange(1, len(self.se) + 1), self.horizon_shape)
         back = inverse(self.transform)
         # A wide band in log space must still come back as a finite number of units.
         upper = np.minimum(self.mean + width, MAX_LOG_UNITS) if self.transform == "log1p" else self.mean + width
@@ -209,11 +226,13 @@ class FittedModel:
     params: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)  # the series the model is conditioned on
     interval_scale: list[list[float]] = field(default_factory=list)  # [level, ratio to normal]
+    horizon_shape: list[float] = field(default_factory=list)         # [exponent, longest horizon]
     members: list["FittedModel"] = field(default_factory=list)       # a combination's fitted members
 
     def to_dict(self) -> dict:
         data = {"spec": self.spec.to_dict(), "start": self.start.isoformat(), "n_obs": self.n_obs,
-                "params": self.params, "history": self.history, "interval_scale": self.interval_scale}
+                "params": self.params, "history": self.history, "interval_scale": self.interval_scale,
+                "horizon_shape": self.horizon_shape}
         if self.members:  # members share the history: kept once, at the top
             data["members"] = [{"spec": m.spec.to_dict(), "params": m.params} for m in self.members]
         return data
@@ -225,7 +244,8 @@ class FittedModel:
                    for m in data.get("members", [])]
         return cls(spec=ModelSpec.from_dict(data["spec"]), start=start, n_obs=data["n_obs"],
                    params=list(data["params"]), history=history,
-                   interval_scale=[list(pair) for pair in data.get("interval_scale", [])], members=members)
+                   interval_scale=[list(pair) for pair in data.get("interval_scale", [])],
+                   horizon_shape=list(data.get("horizon_shape", [])), members=members)
 
 
 # --- the families ---------------------------------------------------------------------------
@@ -344,7 +364,8 @@ def refresh(model: FittedModel, y: np.ndarray) -> FittedModel:
             warnings.simplefilter("ignore")
             params = [float(v) for v in np.asarray(_theta(y, model.spec).params)]
     return FittedModel(model.spec, model.start, len(y), params=list(params), history=y.tolist(),
-                       interval_scale=model.interval_scale, members=[refresh(m, y) for m in model.members])
+                       interval_scale=model.interval_scale, horizon_shape=model.horizon_shape,
+                       members=[refresh(m, y) for m in model.members])
 
 
 def _normal_se(upper: np.ndarray, mean: np.ndarray, alpha: float) -> np.ndarray:
@@ -383,10 +404,10 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
         # The naive forecast's own errors are the seasonal differences: their RMS, not their spread.
         sigma = float(np.sqrt(np.mean(residual ** 2))) if len(residual) else float(y.std() or 1.0)
         se = sigma * np.sqrt(steps // season + 1)
-        return Forecast(forecast_start, mean, se, "none", model.interval_scale)
+        return Forecast(forecast_start, mean, se, "none", model.interval_scale, model.horizon_shape)
     if model.spec.kind == COMBINATION:
         combined = combine([forecast(m, horizon) for m in model.members], model.spec.weights)
-        combined.interval_scale = model.interval_scale
+        combined.interval_scale, combined.horizon_shape = model.interval_scale, model.horizon_shape
         return combined
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -396,7 +417,7 @@ def forecast(model: FittedModel, horizon: int) -> Forecast:
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(se)) and np.all(mean <= ceiling)):
         raise FloatingPointError(f"{model.spec.label()} produced a non-finite or implausible forecast "
                                  f"(over {np.expm1(MAX_LOG_UNITS):.0e} units a week)")
-    return Forecast(forecast_start, mean, np.maximum(se, 1e-9), transform, model.interval_scale)
+    return Forecast(forecast_start, mean, np.maximum(se, 1e-9), transform, model.interval_scale, model.horizon_shape)
 
 
 def combine(forecasts: list[Forecast], weights: tuple[float, ...] = ()) -> Forecast:

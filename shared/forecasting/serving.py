@@ -11,7 +11,7 @@ from shared.forecasting.models import Forecast
 def from_artifact(artifact: dict, horizon: int, level: float) -> tuple[list[date], np.ndarray, np.ndarray, np.ndarray]:
     start = date.fromisoformat(artifact["start"])
     prediction = Forecast(start, np.asarray(artifact["mean"][:horizon], float), np.asarray(artifact["se"][:horizon], float),
-                          artifact["transform"], artifact.get("interval_scale", []))
+                          artifact["transform"], artifact.get("interval_scale", []), artifact.get("horizon_shape", []))
     mean, lower, upper = prediction.bounds(level)
     return [start + timedelta(weeks=i) for i in range(len(mean))], mean, lower, upper
 

@@ -85,10 +85,12 @@ def backtested(y: np.ndarray, start: date, spec: ModelSpec, plan: list[backtest.
     calibration of the folds alone) and curves, and its model on all data, calibrated on
     every window."""
     found, forecasts = backtest.run(y, start, spec, plan, known)
-    forecasts[-1].interval_scale = calibration.interval_scale(found.fold_scores())
+    folds = len(found.scores) - found.window_weeks[-1]
+    forecasts[-1].interval_scale, forecasts[-1].horizon_shape = calibration.calibrate(
+        found.scores[:folds], found.horizons[:folds])
     metrics, curve = holdout_metrics(y, start, plan[-1].cut, forecasts[-1])
     final = models.fit(y, start, spec)
-    final.interval_scale = calibration.interval_scale(np.asarray(found.scores))
+    final.interval_scale, final.horizon_shape = calibration.calibrate(found.scores, found.horizons)
     return found, metrics, curve, final
 
 
@@ -142,7 +144,7 @@ def train_isbn(isbn: str, weeks: list[date], units: list[float], training: Train
             candidate.backtests[CHAMPION] = champion_backtest.to_dict()
             candidate.champion_refit = refit.to_dict()
         candidate.serving = serving_forecast(final.to_dict())  # also proves the final model forecasts
-        study["interval_scale"] = final.interval_scale
+        study["interval_scale"], study["horizon_shape"] = final.interval_scale, final.horizon_shape
         candidate.status = TrainStatus.TRAINED
         candidate.spec = spec.to_dict()
         candidate.metrics = metrics
@@ -203,6 +205,7 @@ def serving_forecast(model: dict) -> dict:
     tail = fitted.history[-HISTORY_IN_ARTIFACT:]
     return {"start": prediction.start.isoformat(), "transform": prediction.transform,
             "mean": prediction.mean.tolist(), "se": prediction.se.tolist(), "interval_scale": fitted.interval_scale,
+            "horizon_shape": fitted.horizon_shape,
             "data_end": (fitted.start + timedelta(weeks=fitted.n_obs - 1)).isoformat(),
             "label": fitted.spec.label(),
             "history_start": (fitted.start + timedelta(weeks=fitted.n_obs - len(tail))).isoformat(),
