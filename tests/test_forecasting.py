@@ -260,7 +260,7 @@ def test_calibration_widens_overconfident_intervals_and_narrows_timid_ones():
 
 
 def test_calibrated_bands_follow_how_errors_grow_with_the_horizon():
-    from shared.forecasting.calibration import calibrate, interval_scale
+    from shared.forecasting.calibration import calibrate, horizon_exponent, interval_scale
     from shared.forecasting.models import Forecast
 
     rng = np.random.default_rng(4)
@@ -274,12 +274,14 @@ def test_calibrated_bands_follow_how_errors_grow_with_the_horizon():
         half = Forecast(date(2026, 1, 5), np.zeros(weeks), np.ones(weeks), "none", ratios, shape).bounds(0.8)[2]
         return (fresh <= half[:26]).mean(axis=0), half
 
-    shaped, half = cover(*calibrate(scores, horizons), weeks=40)
+    shaped, half = cover(*calibrate(scores, horizons, 0.3), weeks=40)
     flat, _ = cover(interval_scale(scores), [])
     assert 0.72 < shaped[:6].mean() < 0.88 and 0.72 < shaped[-6:].mean() < 0.88
     assert flat[-6:].mean() > 0.88 and flat[:6].mean() < shaped[:6].mean()  # one quantile for all: wrong at both ends
     assert half[39] == half[25] < half[0]  # no narrower beyond the longest horizon the backtests saw
-    assert calibrate(np.ones(3), [1, 2, 3]) == ([], [])  # too few weeks: normal intervals, no shape
+    assert calibrate(np.ones(3), [1, 2, 3], 0.3) == ([], [])  # too few weeks: normal intervals, no shape
+    assert calibrate(scores, horizons, 0.0)[1] == []  # seasonal naive: its standard error is flat within a year
+    assert horizon_exponent(ModelSpec(kind="seasonal_naive")) == 0 < horizon_exponent(ModelSpec(kind="ets"))
 
 
 def test_calibrated_intervals_reach_the_serving_artifact():

@@ -86,11 +86,12 @@ def backtested(y: np.ndarray, start: date, spec: ModelSpec, plan: list[backtest.
     every window."""
     found, forecasts = backtest.run(y, start, spec, plan, known)
     folds = len(found.scores) - found.window_weeks[-1]
+    exponent = calibration.horizon_exponent(spec)
     forecasts[-1].interval_scale, forecasts[-1].horizon_shape = calibration.calibrate(
-        found.scores[:folds], found.horizons[:folds])
+        found.scores[:folds], found.horizons[:folds], exponent)
     metrics, curve = holdout_metrics(y, start, plan[-1].cut, forecasts[-1])
     final = models.fit(y, start, spec)
-    final.interval_scale, final.horizon_shape = calibration.calibrate(found.scores, found.horizons)
+    final.interval_scale, final.horizon_shape = calibration.calibrate(found.scores, found.horizons, exponent)
     return found, metrics, curve, final
 
 
