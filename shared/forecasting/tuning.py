@@ -4,8 +4,9 @@ holdout stays unseen), with median pruning after each fold. The best configurati
 of the top four families is then combined, each weighted by the inverse square of its fold
 error, scored on the same folds, and chosen unless it is more than a quarter worse than the
 best single model: the best of many trials on the same few weeks looks better than it is,
-and on real sales a combination is the safer bet (bench/README.md). The trainer later
-re-weighs the members on every backtest window, holdout included (``combination_weights``).
+and on real sales a combination is the safer bet (bench/README.md). The trainer then
+re-weighs the members on every backtest window, holdout included
+(shared/training/per_isbn.py::reweighed); ``cv_score`` stays the search's, on the folds.
 
 The families a study may choose depend on what the history can identify: a seasonal
 difference at 52 needs a year and a half in the shortest fold, a 52-week ETS season or a
