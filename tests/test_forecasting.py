@@ -9,6 +9,7 @@ import pytest
 from shared.config import GateSettings, load_settings
 from shared.forecasting import models
 from shared.forecasting.backtest import Backtest, evidence_worse
+from shared.forecasting.gates import best_fallback
 from shared.forecasting.metrics import accuracy
 from shared.forecasting.models import FittedModel, ModelSpec
 from shared.training.per_isbn import Candidate, gate, serving_forecast, train_isbn
@@ -161,6 +162,29 @@ def test_seasonal_naive_replaces_the_combination_only_when_the_backtests_are_sur
     clearly_lower = gate(_candidate(ours=refused, naive=combination * 0.5, combination=combination), GateSettings())
     assert clearly_lower.fallback == "seasonal_naive"
     assert clearly_lower.fallback_reason.startswith("seasonal naive beats combination on 65 backtest weeks (")
+
+
+def test_a_fallback_worse_than_the_refused_candidate_never_serves_in_its_place():
+    """Naive clearly beats the candidate, the combination is worse still, and naive's edge on
+    the combination is too noisy to be sure of: replacing the refused candidate by the
+    combination would serve a bigger loser, so naive serves."""
+    naive = _noisy(100, 2) + 100
+    refused = naive + 30  # clearly worse than naive, week after week
+    combination = refused + np.repeat([-120.0, 160.0, -100.0, 45.0], WINDOWS)  # worse on average, window by window
+    options = {"seasonal_naive": Backtest.from_dict(_backtest("seasonal naive", naive)),
+               "combination": Backtest.from_dict(_backtest("combination", combination))}
+    assert options["combination"].mae > Backtest.from_dict(_backtest("candidate", refused)).mae
+    assert best_fallback(options, GateSettings(), "seasonal_naive")[0] == "combination"  # naive's edge alone: unclear
+    verdict = gate(_candidate(ours=refused, naive=naive, combination=combination), GateSettings())
+    assert not verdict.passed and verdict.evidence["worse_than_naive"] > 0.99
+    assert verdict.fallback == "seasonal_naive"
+    assert verdict.fallback_reason.startswith("seasonal naive is the only fallback that does better than the refused "
+                                              "candidate on 65 backtest weeks (candidate ")
+
+    # A configured limit refuses a candidate that no fallback beats: the reason says so.
+    limited = gate(_candidate(mape=0.9), GateSettings(max_mape=0.3))
+    assert not limited.passed and limited.fallback == "combination"
+    assert "no fallback does better than the refused candidate's" in limited.fallback_reason
 
 
 def test_each_failed_gate_is_one_plain_reason():

@@ -18,7 +18,9 @@ champion refitted, a plain combination). Seasonal naive replaces that one only w
 backtests are as sure it is better as they must be to refuse a candidate: on real weekly
 sales it is the weakest method there is, and a slightly lower error on a few dozen weeks
 picked it where it then lost (on the 87 design series of bench/real_accuracy.py, choosing
-the lower backtest error gave a fallback mean MASE of 0.962, this rule 0.926).
+the lower backtest error gave a fallback mean MASE of 0.962, this rule 0.926). Nor does a
+fallback that does worse than the refused candidate serve in its place when naive does
+better: what serves is never a bigger loser than what was refused.
 """
 from __future__ import annotations
 
@@ -75,11 +77,14 @@ def champion_evidence(candidate: Backtest, champion: Backtest, gates: GateSettin
             "worse_than_champion": evidence_worse(candidate, champion, 1 + gates.champion_margin)}
 
 
-def best_fallback(options: dict[str, Backtest], gates: GateSettings, simplest: str) -> tuple[str, str]:
+def best_fallback(options: dict[str, Backtest], gates: GateSettings, simplest: str,
+                  refused: Backtest | None = None) -> tuple[str, str]:
     """What serves instead of a refused candidate, and why, in words that name the others'
     errors: of ``options`` the one with the lowest backtest mean absolute error, except that
     ``simplest`` (seasonal naive) wins only when the backtests are ``gates.evidence`` sure
-    it beats the best of the others."""
+    it beats the best of the others, or when it is the only one that does better than the
+    ``refused`` candidate: the fitted fallbacks are then worse than a forecast refused for
+    being clearly worse than naive, and serving one would replace a loser by a bigger loser."""
     # sorted is stable: on a tie the caller's first option (the champion: no alias move) stays first
     best = sorted((name for name in options if name != simplest), key=lambda name: options[name].mae)[0]
     chosen, weeks = best, len(options[best].actual)
@@ -90,10 +95,19 @@ def best_fallback(options: dict[str, Backtest], gates: GateSettings, simplest: s
             chosen = simplest
             why = (f"{options[simplest].label} beats {options[best].label} on {weeks} backtest weeks "
                    f"({sure:.0%} sure)")
+        elif refused is not None and options[simplest].mae < refused.mae <= options[best].mae:
+            chosen = simplest
+            why = (f"{options[simplest].label} is the only fallback that does better than the refused candidate "
+                   f"on {weeks} backtest weeks (candidate {refused.mae:.1f})")
         else:
             why = (f"{options[best].label} has the lowest mean absolute error of the fitted fallbacks on {weeks} "
                    f"backtest weeks and {options[simplest].label}'s lower error is not clear ({sure:.0%} sure, "
                    f"{gates.evidence:.0%} needed)")
+    if refused is not None and options[chosen].mae >= refused.mae:
+        # Only a configured limit (WAPE, RMSE, MAPE, a naive ratio below 1) refuses a candidate that every
+        # fallback does worse than.
+        why += (f"; no fallback does better than the refused candidate's {refused.mae:.1f} on these weeks, "
+                "and the limit it broke refuses it regardless")
     others = ", ".join(f"{options[name].label} {options[name].mae:.1f}"
                        for name in sorted(options, key=lambda name: options[name].mae) if name != chosen)
     return chosen, f"{why}: {options[chosen].label} {options[chosen].mae:.1f}" + (f" (vs {others})" if others else "")

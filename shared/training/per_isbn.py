@@ -194,7 +194,7 @@ def gate(candidate: Candidate, gates: GateSettings) -> GateResult:
     if not reasons:
         return GateResult(True, [], evidence)
     options = [*([CHAMPION] if champion else []), *FALLBACKS]  # on a tie the champion serves on: no alias move
-    fallback, why = best_fallback({name: candidate.backtest(name) for name in options}, gates, BASELINE)
+    fallback, why = best_fallback({name: candidate.backtest(name) for name in options}, gates, BASELINE, ours)
     return GateResult(False, reasons, evidence, fallback, why)
 
 
