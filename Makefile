@@ -27,6 +27,7 @@ test: setup ## run the test suite against the real emulators and a real MLflow
 
 bench: bench-setup ## speed and accuracy benchmarks, beside their targets
 	$(PY) -m bench.real_accuracy
+	$(PY) -m bench.real_upload
 	$(PY) -m bench.training
 	$(PY) -m bench.decisions
 	$(PY) -m bench.forecast

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,3 +74,17 @@ def trigger_stack(profile: str = "test", vertex_dry_run: bool = False):
         yield stack, cfg
     finally:
         stop_stack(stack, started)
+
+
+def wait_accepted(store, correlation_id: str, timeout: float) -> dict:
+    """The cause an upload made, once its decisions are taken (the run it launched, if any)."""
+    from shared.layout import Collection
+    from shared.states import CauseStatus
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        causes = [c for c in store.stream(Collection.CAUSES) if c.get("correlation_id") == correlation_id]
+        if causes and causes[0]["status"] != CauseStatus.DECIDING:
+            return causes[0]
+        time.sleep(0.2)
+    raise TimeoutError(f"no decision for {correlation_id} within {timeout:.0f} s")

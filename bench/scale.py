@@ -28,11 +28,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import trigger_stack
+from bench.common import trigger_stack, wait_accepted
 from shared.logs import configure
 from shared.topology import load as load_topology
 from shared.layout import Collection
-from shared.states import CauseStatus, IsbnStatus
+from shared.states import IsbnStatus
 from shared.version_tags import Tag, VersionKind
 
 TARGETS = {"decisions_10k_s": 60.0, "first_champion_s": 120.0, "all_served_1k_min": 15.0, "projection_100k_h": 1.0}
@@ -73,16 +73,6 @@ class PeakMemory:
     def __exit__(self, *exc):
         self.stopped.set()
         self.thread.join(timeout=5)
-
-
-def wait_accepted(store, correlation_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        causes = [c for c in store.stream(Collection.CAUSES) if c.get("correlation_id") == correlation_id]
-        if causes and causes[0]["status"] != CauseStatus.DECIDING:
-            return causes[0]
-        time.sleep(0.2)
-    raise TimeoutError(f"no decision for {correlation_id} within {timeout:.0f} s")
 
 
 def end_to_end(console: Console, isbns: int) -> dict:
